@@ -1,0 +1,1 @@
+from . import conv2former, mscan  # noqa: F401

@@ -1,0 +1,1 @@
+from . import ham_head, nmf  # noqa: F401

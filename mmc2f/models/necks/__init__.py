@@ -1,0 +1,1 @@
+from . import conv2former_neck  # noqa: F401

@@ -1,0 +1,179 @@
+"""The one safe checkpoint loader: weights_only=True plus an explicit allow-list."""
+import argparse
+import os
+import os.path as osp
+import re
+
+import pytest
+import torch
+import torch.nn as nn
+
+import mmc2f.registry  # noqa: F401  (installs safe loading, as every tool does)
+from mmc2f.utils.checkpoint import (CheckpointFormatError, UnsafeCheckpointError,
+                                    extract_state_dict, load_checkpoint_file,
+                                    load_state_dict_checked, save_checkpoint_atomic)
+
+
+def _runner_checkpoint(work_dir):
+    """Train a toy model for 4 iterations with MMEngine's Runner; return its last checkpoint."""
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from torch.utils.data import Dataset
+
+    class Toy(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(2, 1)
+
+        def forward(self, x, y, mode='tensor'):
+            out = self.fc(torch.stack(x))
+            if mode == 'loss':
+                return dict(loss=((out - torch.stack(y))**2).mean())
+            return out
+
+    class Data(Dataset):
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i)
+            return dict(x=torch.randn(2, generator=g), y=torch.randn(1, generator=g))
+
+    runner = Runner(
+        model=Toy(), work_dir=str(work_dir),
+        train_dataloader=dict(dataset=Data(), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=4),
+        optim_wrapper=dict(optimizer=dict(type='AdamW', lr=0.1)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[2], by_epoch=False),
+        train_cfg=dict(by_epoch=False, max_iters=4),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=4, by_epoch=False)),
+        default_scope='mmengine')
+    runner.train()
+    return osp.join(str(work_dir), 'iter_4.pth')
+
+
+def test_runner_checkpoint_loads_with_weights_only(tmp_path):
+    path = _runner_checkpoint(tmp_path)
+    # torch's default loader (weights_only=True since 2.6) refuses the runner's HistoryBuffer objects
+    # unless the allow-list is installed; with mmc2f it loads, through both entry points.
+    ckpt = load_checkpoint_file(path)
+    assert set(ckpt) >= {'meta', 'state_dict', 'optimizer', 'message_hub', 'param_schedulers'}
+    assert ckpt['meta']['iter'] == 4
+    loss_buffer = ckpt['message_hub']['log_scalars']['train/loss']
+    assert len(loss_buffer.data[0]) == 4
+    from mmengine.runner import CheckpointLoader
+    again = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    for k, v in ckpt['state_dict'].items():
+        assert torch.equal(v, again['state_dict'][k])
+
+
+def test_authors_checkpoint_with_namespace_loads(tmp_path):
+    path = tmp_path / 'authors.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}, 'args': argparse.Namespace(lr=1e-3, model='t'),
+                'epoch': 299}, path)
+    ckpt = load_checkpoint_file(path)
+    assert ckpt['args'].model == 't' and ckpt['epoch'] == 299
+
+
+class _WritesFile:
+    """Unpickling this would create a file: the test checks it never runs."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, 'w'))
+
+
+class _ReachesPrivateAttr:
+
+    def __reduce__(self):
+        from mmengine.logging.history_buffer import HistoryBuffer
+        return (getattr, (HistoryBuffer, '__init__'))
+
+
+def test_arbitrary_pickled_object_is_refused(tmp_path):
+    target = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {}, 'payload': _WritesFile(str(target))}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r'not on mmc2f.s allow-list.*builtins\.open|'
+                       r'not on mmc2f.s allow-list.*unsupported global'):
+        load_checkpoint_file(path)
+    assert not target.exists()
+    # MMEngine's own loader (used by resume / load_from / Pretrained) is routed through mmc2f's.
+    from mmengine.runner import CheckpointLoader
+    with pytest.raises(UnsafeCheckpointError):
+        CheckpointLoader.load_checkpoint(str(path))
+    assert not target.exists()
+
+
+def test_getattr_is_restricted_to_history_buffer_statistics(tmp_path):
+    path = tmp_path / 'evil2.pth'
+    torch.save({'payload': _ReachesPrivateAttr()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"getattr\('HistoryBuffer', '__init__'\)"):
+        load_checkpoint_file(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        load_checkpoint_file(tmp_path / 'nope.pth')
+
+
+def test_no_unsafe_unpickling_anywhere():
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    offenders = []
+    for folder in ('mmc2f', 'tools', 'demo'):
+        for dirpath, _, files in os.walk(osp.join(root, folder)):
+            for name in files:
+                if name.endswith('.py'):
+                    text = open(osp.join(dirpath, name)).read()
+                    if re.search(r'weights_only\s*=\s*False|TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', text):
+                        offenders.append(osp.join(dirpath, name))
+    assert offenders == []
+
+
+def test_extract_state_dict_variants():
+    sd = {'a': torch.zeros(1)}
+    assert extract_state_dict(sd) is sd
+    assert extract_state_dict({'state_dict': sd, 'meta': {}}) is sd
+    assert extract_state_dict({'model': sd}) is sd
+    ema = {'a': torch.ones(1)}
+    assert extract_state_dict({'state_dict': sd, 'state_dict_ema': ema}, prefer_ema=True) is ema
+    with pytest.raises(CheckpointFormatError, match='EMA'):
+        extract_state_dict({'state_dict': sd}, prefer_ema=True)
+    with pytest.raises(CheckpointFormatError, match='cannot find the weights'):
+        extract_state_dict({'optimizer': {}, 'epoch': 3})
+
+
+def test_load_state_dict_checked_names_keys():
+    model = nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1))
+    good = {k: v.clone() + 1 for k, v in model.state_dict().items()}
+    load_state_dict_checked(model, good)
+    assert torch.equal(model[0].weight, good['0.weight'])
+    bad = dict(good)
+    bad['extra.weight'] = bad.pop('1.bias')
+    with pytest.raises(CheckpointFormatError) as info:
+        load_state_dict_checked(model, bad, hint='run tools/model_converters/x.py first')
+    msg = str(info.value)
+    assert 'missing keys: 1.bias' in msg and 'unexpected keys: extra.weight' in msg
+    assert 'tools/model_converters/x.py' in msg
+    shape = dict(good)
+    shape['0.weight'] = torch.zeros(4, 2)
+    with pytest.raises(CheckpointFormatError, match=r'0\.weight: checkpoint \(4, 2\) vs model \(3, 2\)'):
+        load_state_dict_checked(model, shape)
+
+
+def test_atomic_save_never_leaves_half_written_file(tmp_path):
+    path = tmp_path / 'ckpt.pth'
+    save_checkpoint_atomic({'v': torch.arange(3)}, path)
+
+    def dies_halfway(obj, f):
+        f.write(b'PK\x03\x04 partial')
+        raise KeyboardInterrupt('killed while saving')
+
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint_atomic({'v': torch.arange(5)}, path, save_fn=dies_halfway)
+    assert torch.equal(load_checkpoint_file(path)['v'], torch.arange(3))
+    assert os.listdir(tmp_path) == ['ckpt.pth']
