@@ -15,7 +15,7 @@ from mmengine.registry import \
 from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
 from mmengine.registry import Registry
 
-from .utils.checkpoint import install_safe_loading
+from .utils.checkpoint import install_atomic_checkpointing, install_safe_loading
 
 #: Backbones, necks, heads and decode heads.
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='mmc2f', locations=['mmc2f.models'])
@@ -36,3 +36,5 @@ METRICS = Registry('metric', parent=MMENGINE_METRICS, scope='mmc2f', locations=[
 # Any process that resolves an mmc2f type may go on to load a runner-written checkpoint
 # (resume, load_from, test): make that work with weights_only=True and an explicit allow-list.
 install_safe_loading()
+# ... and make the checkpoints it writes appear only when complete, so a kill never corrupts one.
+install_atomic_checkpointing()

@@ -11,19 +11,24 @@ The allow-list holds exactly the non-tensor types that the two kinds of checkpoi
 * the Conv2Former authors' training-script checkpoints (``args`` is an ``argparse.Namespace``).
 """
 import argparse
+import contextlib
 import io
 import os
 import os.path as osp
 import pickle
 import re
 import tempfile
+import zipfile
 from typing import Callable, Dict, Iterable, List, Optional
 
 import torch
+from mmengine.fileio import LocalBackend, register_backend
 
 __all__ = [
     'CheckpointFormatError', 'UnsafeCheckpointError', 'safe_globals', 'install_safe_loading',
-    'load_checkpoint_file', 'load_state_dict_checked', 'save_checkpoint_atomic', 'extract_state_dict'
+    'load_checkpoint_file', 'load_state_dict_checked', 'save_checkpoint_atomic', 'extract_state_dict',
+    'AtomicLocalBackend', 'install_atomic_checkpointing', 'is_intact_checkpoint',
+    'find_resumable_checkpoint'
 ]
 
 
@@ -218,23 +223,19 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Dict[str, torch
     return missing, unexpected
 
 
-def save_checkpoint_atomic(obj, path: str,
-                           save_fn: Optional[Callable[[object, io.BufferedWriter], None]] = None):
-    """Save so that a kill never leaves a half-written file at ``path``.
+@contextlib.contextmanager
+def _atomic_open(path: str):
+    """Open a temporary file beside ``path``; on success fsync it and rename it over ``path``.
 
-    Writes to a temporary file in the same folder, flushes it to disk, then renames it over ``path``
-    (``os.replace`` is atomic on POSIX and Windows).
+    ``os.replace`` is atomic on POSIX and Windows, so ``path`` is either the old file or the whole new
+    one, never a half-written one, whenever the process is killed.
     """
-    path = os.fspath(path)
     folder = osp.dirname(osp.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(path) + '.', suffix='.tmp', dir=folder)
     try:
         with os.fdopen(fd, 'wb') as f:
-            if save_fn is None:
-                torch.save(obj, f)
-            else:
-                save_fn(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -242,3 +243,81 @@ def save_checkpoint_atomic(obj, path: str,
         if osp.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint_atomic(obj, path: str,
+                           save_fn: Optional[Callable[[object, io.BufferedWriter], None]] = None):
+    """``torch.save(obj, path)`` (or ``save_fn(obj, file)``) such that a kill never leaves a
+    half-written file at ``path``."""
+    with _atomic_open(os.fspath(path)) as f:
+        (torch.save if save_fn is None else save_fn)(obj, f)
+
+
+class AtomicLocalBackend(LocalBackend):
+    """MMEngine's local file backend with atomic writes.
+
+    The runner writes every checkpoint through ``get_file_backend(path).put(bytes, path)``; with this
+    backend installed a checkpoint appears under its name only once complete.
+    """
+
+    def put(self, obj: bytes, filepath) -> None:
+        with _atomic_open(os.fspath(filepath)) as f:
+            f.write(obj)
+
+    def put_text(self, obj: str, filepath, encoding: str = 'utf-8') -> None:
+        self.put(obj.encode(encoding), filepath)
+
+
+_ATOMIC_INSTALLED = False
+
+
+def install_atomic_checkpointing() -> None:
+    """Route MMEngine's local file writes (checkpoints included) through :class:`AtomicLocalBackend`.
+
+    Idempotent; called when :mod:`mmc2f.registry` is imported and by the tools.
+    """
+    global _ATOMIC_INSTALLED
+    if not _ATOMIC_INSTALLED:
+        register_backend('local', AtomicLocalBackend, force=True, prefixes='')
+        _ATOMIC_INSTALLED = True
+
+
+def is_intact_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a complete torch checkpoint (a zip archive whose members pass their CRCs)."""
+    if not osp.isfile(path):
+        return False
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+_CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` should continue from, or ``None`` when ``work_dir`` has none.
+
+    The one named in ``work_dir/last_checkpoint`` if it is intact; otherwise (the record is missing,
+    truncated or names a damaged file) the newest intact ``iter_*.pth`` / ``epoch_*.pth``.
+    """
+    record = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(record):
+        with open(record) as f:
+            named = f.read().strip()
+        if named and not osp.isabs(named) and not osp.exists(named):
+            named = osp.join(work_dir, named)
+        if named and is_intact_checkpoint(named):
+            return named
+    if not osp.isdir(work_dir):
+        return None
+    found = []
+    for name in os.listdir(work_dir):
+        m = _CKPT_NAME.match(name)
+        if m:
+            found.append((int(m.group(2)), osp.join(work_dir, name)))
+    for _, path in sorted(found, reverse=True):
+        if is_intact_checkpoint(path):
+            return path
+    return None

@@ -177,3 +177,47 @@ def test_atomic_save_never_leaves_half_written_file(tmp_path):
         save_checkpoint_atomic({'v': torch.arange(5)}, path, save_fn=dies_halfway)
     assert torch.equal(load_checkpoint_file(path)['v'], torch.arange(3))
     assert os.listdir(tmp_path) == ['ckpt.pth']
+
+
+def test_runner_writes_checkpoints_atomically(tmp_path, monkeypatch):
+    """With mmc2f's backend, a kill while the runner writes a checkpoint leaves the old one intact."""
+    from mmengine.fileio import get_file_backend
+
+    from mmc2f.utils.checkpoint import AtomicLocalBackend
+    backend = get_file_backend(str(tmp_path / 'iter_1.pth'))
+    assert isinstance(backend, AtomicLocalBackend)
+    good = tmp_path / 'iter_1.pth'
+    backend.put(b'complete', str(good))
+
+    class Killed(BaseException):
+        pass
+
+    real_fsync = os.fsync
+
+    def killed(fd):
+        raise Killed()
+
+    monkeypatch.setattr(os, 'fsync', killed)
+    with pytest.raises(Killed):
+        backend.put(b'half', str(good))
+    monkeypatch.setattr(os, 'fsync', real_fsync)
+    assert good.read_bytes() == b'complete'
+    assert sorted(os.listdir(tmp_path)) == ['iter_1.pth']
+
+
+def test_find_resumable_checkpoint_skips_damaged_files(tmp_path):
+    from mmc2f.utils.checkpoint import find_resumable_checkpoint, is_intact_checkpoint
+    assert find_resumable_checkpoint(str(tmp_path)) is None
+    for it in (2, 4):
+        torch.save({'it': it, 'w': torch.randn(64)}, tmp_path / f'iter_{it}.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    # A checkpoint cut short (e.g. written by a tool without atomic saving, then killed) ...
+    data = (tmp_path / 'iter_4.pth').read_bytes()
+    (tmp_path / 'iter_6.pth').write_bytes(data[:len(data) // 2])
+    assert not is_intact_checkpoint(str(tmp_path / 'iter_6.pth'))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_6.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    # ... and a truncated record both fall back to the newest intact file.
+    (tmp_path / 'last_checkpoint').write_text('')
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
