@@ -1,0 +1,91 @@
+"""SegNeXt's light Hamburger decode head (the only mmc2f module built on mmseg's BaseDecodeHead).
+
+    inputs[in_index] (strides 8/16/32) --resize to the first--> concat      (B, sum C_i, H, W)
+    -> squeeze: Conv1x1 + GN + ReLU                                          (B, ham_channels, H, W)
+    -> Hamburger: relu(x + ham_out(NMF2D(relu(ham_in(x)))))                 (B, ham_channels, H, W)
+    -> align: Conv1x1 + GN + ReLU -> dropout -> Conv1x1 classifier          (B, num_classes, H, W)
+
+Keywords and state-dict keys are those of mmseg 1.2.2's ``LightHamHead``; ``ham_kwargs`` also takes
+the authors' upper-case names and mmc2f's extra NMF options (see :class:`NMF2D`):
+``eval_seed`` (reproducible evaluation) and ``one_step_grad``.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmcv.cnn import ConvModule
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.utils import resize
+
+from mmc2f.registry import MODELS
+from .nmf import NMF2D, normalize_ham_kwargs
+
+__all__ = ['Hamburger', 'LightHamHead']
+
+
+class Hamburger(nn.Module):
+    """One "ham" (NMF) between two "breads" (1x1 convolutions), with a residual::
+
+        y = ReLU(x + ham_out(NMF2D(ReLU(ham_in(x)))))
+
+    ``ham_in`` is a 1x1 convolution with bias and no norm; ``ham_out`` a 1x1 convolution followed by
+    ``norm_cfg`` (no bias when a norm is given). Shapes: ``(B, C, H, W) -> (B, C, H, W)``.
+
+    Args:
+        ham_channels (int): ``C``. Default 512.
+        ham_kwargs (dict): options of :class:`NMF2D` (lower-case or the authors' upper-case names).
+        norm_cfg (dict, optional): norm of ``ham_out``.
+        **kwargs: ignored (mmseg passes the head's keywords through).
+    """
+
+    def __init__(self, ham_channels: int = 512, ham_kwargs: dict = dict(), norm_cfg=None,
+                 **kwargs):
+        super().__init__()
+        self.ham_in = ConvModule(ham_channels, ham_channels, 1, norm_cfg=None, act_cfg=None)
+        self.ham = NMF2D(channels=ham_channels, **normalize_ham_kwargs(ham_kwargs))
+        self.ham_out = ConvModule(ham_channels, ham_channels, 1, norm_cfg=norm_cfg, act_cfg=None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.ham_in(x), inplace=True)
+        y = self.ham_out(self.ham(y))
+        return F.relu(x + y, inplace=True)
+
+
+@MODELS.register_module()
+class LightHamHead(BaseDecodeHead):
+    """SegNeXt decode head (mmc2f's ``LightHamHead``; mmseg's has the same name in its registry).
+
+    Args:
+        ham_channels (int): channels of the Hamburger. Default 512.
+        ham_kwargs (dict): :class:`NMF2D` options: ``md_s``/``MD_S``, ``md_r``/``MD_R``,
+            ``train_steps``/``TRAIN_STEPS``, ``eval_steps``/``EVAL_STEPS``, ``inv_t``/``INV_T``
+            (ignored, temperature 1), ``rand_init``/``RAND_INIT``, and mmc2f's
+            ``eval_seed`` (int: eval-time bases from a private generator, so predictions are
+            reproducible; default ``None`` = mmseg's behaviour), ``one_step_grad`` (default False),
+            ``eps``.
+        **kwargs: :class:`BaseDecodeHead` keywords (``in_channels``, ``in_index``, ``channels``,
+            ``num_classes``, ``norm_cfg``, ...). ``input_transform`` is always
+            ``'multiple_select'``.
+    """
+
+    def __init__(self, ham_channels: int = 512, ham_kwargs: dict = dict(), **kwargs):
+        transform = kwargs.pop('input_transform', 'multiple_select')
+        if transform != 'multiple_select':
+            raise ValueError('LightHamHead always uses input_transform="multiple_select", got '
+                             f'"{transform}"')
+        super().__init__(input_transform='multiple_select', **kwargs)
+        self.ham_channels = ham_channels
+        self.squeeze = ConvModule(sum(self.in_channels), ham_channels, 1, conv_cfg=self.conv_cfg,
+                                  norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+        self.hamburger = Hamburger(ham_channels, ham_kwargs, norm_cfg=self.norm_cfg)
+        self.align = ConvModule(ham_channels, self.channels, 1, conv_cfg=self.conv_cfg,
+                                norm_cfg=self.norm_cfg, act_cfg=self.act_cfg)
+
+    def forward(self, inputs):
+        """``inputs``: the backbone's feature list -> logits ``(B, num_classes, H_0, W_0)``."""
+        feats = self._transform_inputs(inputs)
+        size = feats[0].shape[2:]
+        feats = [resize(f, size=size, mode='bilinear', align_corners=self.align_corners)
+                 for f in feats]
+        x = self.squeeze(torch.cat(feats, dim=1))
+        x = self.hamburger(x)
+        return self.cls_seg(self.align(x))

@@ -1,0 +1,392 @@
+"""Conv2Former / Conv2FormerIsotropic backbones (CPU, small inputs; full sizes only on 'meta')."""
+import importlib.util
+import os.path as osp
+import sys
+
+import pytest
+import torch
+import torch.nn as nn
+
+from mmc2f.models.backbones.conv2former import Block, Conv2Former, Conv2FormerIsotropic
+from mmc2f.models.layers import LayerNorm2d
+from mmc2f.utils.checkpoint import load_state_dict_checked
+
+ARCHS = ['nano', 'tiny', 'small', 'base', 'large']
+# Backbone parameters (no classifier) of the released models, docs/reference.md §1.
+BACKBONE_PARAMS_M = {'nano': 13.05, 'tiny': 24.68, 'small': 48.01, 'base': 87.76, 'large': 196.30}
+# A small custom size for the forward tests: runs in milliseconds.
+SMALL = dict(dims=[16, 32, 48, 64], depths=[1, 2, 4, 1], kernel_size=5)
+
+
+def load_reference():
+    """tests/_reference/authors_conv2former.py (the test-only re-implementation of the authors')."""
+    name = 'authors_conv2former'
+    if name not in sys.modules:
+        path = osp.join(osp.dirname(__file__), '..', '..', '_reference', f'{name}.py')
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[name] = module
+    return sys.modules[name]
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------------------------
+# arch settings, parameter names and counts
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_param_counts_and_default_kernel(arch):
+    with torch.device('meta'):
+        model = Conv2Former(arch)
+    assert round(n_params(model) / 1e6, 2) == BACKBONE_PARAMS_M[arch]
+    k = 7 if arch == 'nano' else 11
+    assert model.kernel_size == k
+    assert tuple(model.stages[0][0].attn.att[2].weight.shape) == (model.dims[0], 1, k, k)
+
+
+def test_aliases_kernel_override_and_bad_arch():
+    for alias, name in Conv2Former.arch_aliases.items():
+        assert Conv2Former.resolve_arch(alias) == Conv2Former.resolve_arch(name)
+    with torch.device('meta'):
+        model = Conv2Former('n', kernel_size=11)
+    assert model.kernel_size == 11 and model.depths == [2, 2, 8, 2]
+    with pytest.raises(ValueError, match=r"unknown Conv2Former arch \"huge\".*'nano'.*'large'"):
+        Conv2Former('huge')
+    with pytest.raises(ValueError, match='dims.*depths'):
+        Conv2Former(dict(dims=[8, 16, 32, 64]))
+    with pytest.raises(ValueError, match='4 entries'):
+        Conv2Former(dict(dims=[8, 16, 32], depths=[1, 1, 1]))
+    with pytest.raises(ValueError, match='odd'):
+        Conv2Former(SMALL, kernel_size=4)
+    with pytest.raises(ValueError, match='out_indices'):
+        Conv2Former(SMALL, out_indices=(4, ))
+    with pytest.raises(ValueError, match='frozen_stages'):
+        Conv2Former(SMALL, frozen_stages=5)
+
+
+@pytest.mark.parametrize('arch', ['nano', 'small'])
+def test_key_layout_is_the_authors(arch):
+    ref = load_reference()
+    with torch.device('meta'):
+        ours = Conv2Former(arch).state_dict()
+        theirs = ref.build_reference(arch).state_dict()
+    theirs = {k: v.shape for k, v in theirs.items() if not k.startswith(('head.', 'pred.'))}
+    assert {k: v.shape for k, v in ours.items()} == theirs
+    assert 'downsample_layers.0.6.weight' in ours and 'downsample_layers.0.0.bias' not in ours
+    assert 'stages.2.5.attn.att.0.weight' in ours and 'stages.2.5.mlp.pos.weight' in ours
+
+
+def test_out_norms_add_new_keys_only():
+    plain = Conv2Former(SMALL, out_indices=(1, 3))
+    normed = Conv2Former(SMALL, out_indices=(1, 3), out_norms=True)
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {'out_norm1.weight', 'out_norm1.bias', 'out_norm3.weight', 'out_norm3.bias'}
+    outs = normed(torch.randn(2, 3, 64, 64))
+    for o in outs:  # LayerNorm over channels with weight 1, bias 0: zero mean, unit variance
+        torch.testing.assert_close(o.mean(1), torch.zeros_like(o.mean(1)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(o.var(1, unbiased=False), torch.ones_like(o[:, 0]),
+                                   atol=1e-3, rtol=0)
+
+
+# --------------------------------------------------------------------------------------------
+# forward: shapes, strides, input checks
+
+
+def test_output_shapes_and_strides():
+    model = Conv2Former(SMALL).eval()
+    outs = model(torch.randn(2, 3, 64, 96))
+    assert [tuple(o.shape) for o in outs] == [(2, 16, 16, 24), (2, 32, 8, 12), (2, 48, 4, 6),
+                                            (2, 64, 2, 3)]
+    model = Conv2Former(SMALL, out_indices=(-1, 1)).eval()
+    assert model.out_indices == (3, 1)
+    outs = model(torch.randn(1, 3, 64, 64))
+    assert sorted(tuple(o.shape) for o in outs) == [(1, 32, 8, 8), (1, 64, 2, 2)]
+    assert isinstance(Conv2Former(SMALL, out_indices=2)(torch.randn(1, 3, 32, 32)), tuple)
+
+
+@pytest.mark.parametrize('hw', [(70, 45), (33, 31), (95, 64)])
+def test_sizes_not_multiple_of_32_work(hw):
+    """Documented rule: H4 = ceil(H / 2) // 2, then floor-halving per stage."""
+    h, w = hw
+    outs = Conv2Former(SMALL).eval()(torch.randn(1, 3, h, w))
+    eh, ew = (h + 1) // 2 // 2, (w + 1) // 2 // 2
+    for i, o in enumerate(outs):
+        assert tuple(o.shape[-2:]) == (eh >> i, ew >> i)
+
+
+def test_input_errors_are_early_and_clear(monkeypatch):
+    model = Conv2Former(SMALL)
+
+    def boom(*args, **kwargs):  # no layer may run before the checks
+        raise AssertionError('the stem ran before the input was checked')
+
+    monkeypatch.setattr(model.downsample_layers[0], 'forward', boom)
+    with pytest.raises(ValueError, match=r'3 input channels.*4 channels'):
+        model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match=r'at least 31x31.*30 x 64'):
+        model(torch.randn(1, 3, 30, 64))
+    with pytest.raises(ValueError, match=r'\(B, C, H, W\)'):
+        model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match=r'1 input channels.*3 channels'):
+        Conv2Former(SMALL, in_channels=1)(torch.randn(1, 3, 64, 64))
+    assert Conv2Former(SMALL, in_channels=1)(torch.randn(1, 1, 32, 32))[0].shape[1] == 16
+
+
+# --------------------------------------------------------------------------------------------
+# training behaviour: frozen stages, norm_eval, with_cp, init
+
+
+def _frozen_prefixes(k):
+    if k < 0:
+        return []
+    if k == 0:
+        return ['downsample_layers.0.']
+    return [f'{m}.{i}.' for i in range(k) for m in ('downsample_layers', 'stages')]
+
+
+@pytest.mark.parametrize('frozen_stages', [-1, 0, 1, 2, 4])
+def test_frozen_stages(frozen_stages):
+    torch.manual_seed(0)
+    model = Conv2Former(SMALL, frozen_stages=frozen_stages, out_norms=True, drop_path_rate=0.1)
+    model.init_weights()
+    model.train()
+    frozen = _frozen_prefixes(frozen_stages)
+    stem_bn = model.downsample_layers[0][2]
+    before_mean = stem_bn.running_mean.clone()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    outs = model(torch.randn(2, 3, 64, 64))
+    sum(o.square().mean() for o in outs).backward()
+    for name, param in model.named_parameters():
+        is_frozen = any(name.startswith(p) for p in frozen)
+        assert param.requires_grad is not is_frozen, name
+        assert (param.grad is None) is is_frozen, name
+    for name, module in model.named_modules():
+        if any((name + '.').startswith(p) for p in frozen):
+            assert not module.training, name
+    # BN running statistics: kept when the stem is frozen, updated otherwise
+    assert torch.equal(stem_bn.running_mean, before_mean) is (frozen_stages >= 0)
+    # frozen buffers unchanged, and out_norm layers are never frozen
+    for name, value in model.state_dict().items():
+        if any(name.startswith(p) for p in frozen):
+            assert torch.equal(value, before[name]), name
+    assert model.out_norm0.weight.requires_grad and model.out_norm0.training
+
+
+def test_norm_eval_keeps_bn_statistics():
+    model = Conv2Former(SMALL, norm_eval=True)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 2 and all(not bn.training for bn in bns)
+    assert model.stages[0].training
+    stats = [bn.running_var.clone() for bn in bns]
+    model(torch.randn(2, 3, 32, 32))[-1].sum().backward()
+    assert all(torch.equal(bn.running_var, s) for bn, s in zip(bns, stats))
+    assert bns[0].weight.grad is not None  # still trained, only the statistics are fixed
+    model_plain = Conv2Former(SMALL).train()
+    model_plain(torch.randn(2, 3, 32, 32))
+    assert not torch.equal(model_plain.downsample_layers[0][2].running_var,
+                           torch.ones_like(stats[0]))
+
+
+@pytest.mark.parametrize('cls,arch', [(Conv2Former, SMALL),
+                                      (Conv2FormerIsotropic, dict(embed_dims=32, depth=3))])
+def test_with_cp_same_outputs_and_grads(cls, arch):
+    torch.manual_seed(0)
+    ref = cls(arch, drop_path_rate=0.3, layer_scale_init_value=0.5)
+    ref.init_weights()
+    cp_model = cls(arch, drop_path_rate=0.3, layer_scale_init_value=0.5, with_cp=True)
+    cp_model.load_state_dict(ref.state_dict())
+    ref.train(), cp_model.train()
+    x = torch.randn(1, 3, 32, 32)
+    results = []
+    for model in (ref, cp_model):
+        torch.manual_seed(1)  # the same drop-path masks (checkpoint restores the RNG on recompute)
+        xi = x.clone().requires_grad_()
+        outs = model(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+        results.append((outs, xi.grad, grads))
+    (o1, gx1, g1), (o2, gx2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-6, atol=1e-7)
+    assert g1.keys() == g2.keys()
+    for name in g1:
+        torch.testing.assert_close(g1[name], g2[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_with_cp_uses_checkpoint(monkeypatch):
+    import torch.utils.checkpoint as cp
+    calls = []
+    real = cp.checkpoint
+    monkeypatch.setattr(cp, 'checkpoint', lambda *a, **k: calls.append(1) or real(*a, **k))
+    model = Conv2Former(SMALL, with_cp=True)
+    model(torch.randn(1, 3, 32, 32, requires_grad=True))
+    assert len(calls) == sum(SMALL['depths'])
+
+
+def test_init_weights_is_the_authors():
+    torch.manual_seed(0)
+    model = Conv2Former(dict(dims=[64, 128, 256, 512], depths=[1, 1, 1, 1]), out_norms=True)
+    model.init_weights()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    big = torch.cat([m.weight.flatten() for m in convs if m.weight.numel() > 100_000])
+    assert abs(big.std().item() - 0.02) < 0.001 and big.abs().max() < 0.15
+    assert all(m.bias is None or not m.bias.any() for m in convs)
+    lns = [m for m in model.modules() if isinstance(m, LayerNorm2d)]
+    assert all(torch.all(m.weight == 1) and not m.bias.any() for m in lns)
+    assert torch.allclose(model.stages[3][0].layer_scale_1, torch.full((512, ), 1e-6))
+
+
+def test_block_without_layer_scale():
+    block = Block(8, kernel_size=3, layer_scale_init_value=0)
+    assert 'layer_scale_1' not in block.state_dict()
+    assert block(torch.randn(1, 8, 5, 5)).shape == (1, 8, 5, 5)
+
+
+# --------------------------------------------------------------------------------------------
+# equivalence with the authors' model
+
+
+@pytest.mark.parametrize('arch', ['small_custom', 'nano'])
+def test_numerically_equivalent_to_authors_model(arch):
+    ref_mod = load_reference()
+    spec = (SMALL['dims'], SMALL['depths'], SMALL['kernel_size']) if arch == 'small_custom' \
+        else arch
+    reference = ref_mod.randomize_(ref_mod.build_reference(spec)).eval()
+    ours = Conv2Former(dict(dims=spec[0], depths=spec[1], kernel_size=spec[2])
+                       if arch == 'small_custom' else arch).eval()
+    weights = {k: v for k, v in reference.state_dict().items()
+               if not k.startswith(('head.', 'pred.'))}
+    load_state_dict_checked(ours, weights, strict=True)  # copy by name: every key, every shape
+    x = torch.randn(1, 3, 64, 64) if arch == 'small_custom' else torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference.forward_features(x)
+        got = ours(x)
+    assert len(got) == 4
+    for e, g in zip(expected, got):
+        assert e.abs().mean() > 0.1  # a non-trivial signal
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    # and the check can fail: one changed weight changes the output
+    with torch.no_grad():
+        ours.stages[2][0].attn.v.weight.mul_(1.5)
+        assert not torch.allclose(ours(x)[-1], expected[-1], rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# layer-wise lr decay ids
+
+
+def _forward_order(model):
+    """Backbone parameter names in the order the forward pass uses them."""
+    names = []
+    for i in range(4):
+        names += [f'downsample_layers.{i}.{n}'
+                  for n, _ in model.downsample_layers[i].named_parameters()]
+        for j in range(len(model.stages[i])):
+            names += [f'stages.{i}.{j}.{n}' for n, _ in model.stages[i][j].named_parameters()]
+    return names
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_get_layer_depth_monotonic(arch):
+    with torch.device('meta'):
+        model = Conv2Former(arch, out_norms=True)
+    names = _forward_order(model)
+    assert set(names) | {n for n, _ in model.named_parameters() if n.startswith('out_norm')} \
+        == {n for n, _ in model.named_parameters()}
+    ids = [model.get_layer_depth('backbone.' + n, 'backbone.') for n in names]
+    num_layers = {i[1] for i in ids}
+    assert len(num_layers) == 1
+    num_layers = num_layers.pop()
+    layer_ids = [i[0] for i in ids]
+    assert layer_ids == sorted(layer_ids)  # never decreasing along the forward pass
+    assert layer_ids[0] == 0 and layer_ids[-1] == num_layers - 2
+    expected_m = {'nano': 6, 'tiny': 7, 'small': 14, 'base': 15, 'large': 19}[arch]
+    assert num_layers == expected_m + 2
+    # stage 3 above every stage-2 block, and all ids in range
+    last_s2 = model.get_layer_depth(f'stages.2.{model.depths[2] - 1}.mlp.fc1.weight')[0]
+    assert model.get_layer_depth('stages.3.0.attn.v.weight')[0] == last_s2 + 1
+    assert model.get_layer_depth('out_norm3.weight') == (num_layers - 1, num_layers)
+    assert model.get_layer_depth('head.fc.weight', 'backbone.') == (num_layers - 1, num_layers)
+
+
+@pytest.mark.parametrize('depths', [[3, 3, 9, 3], [3, 3, 27, 3]])
+def test_get_layer_depth_equals_convnext_rule_on_convnext_depths(depths):
+    from mmpretrain.models.backbones import ConvNeXt
+    with torch.device('meta'):
+        ours = Conv2Former(dict(dims=[8, 16, 32, 64], depths=depths))
+    convnext = ConvNeXt(arch=dict(depths=depths, channels=[8, 16, 32, 64]))  # not on meta: .item()
+    for name in _forward_order(ours) + ['head.fc.weight']:
+        assert ours.get_layer_depth(name, 'backbone.' if name.startswith('head') else '') == \
+            convnext.get_layer_depth(name, 'backbone.' if name.startswith('head') else ''), name
+
+
+# --------------------------------------------------------------------------------------------
+# isotropic variants
+
+
+@pytest.mark.parametrize('patch_embed', ['1conv', '3conv'])
+def test_isotropic_shapes(patch_embed):
+    model = Conv2FormerIsotropic(dict(embed_dims=32, depth=2), patch_embed=patch_embed,
+                                 final_norm=True).eval()
+    (out, ) = model(torch.randn(2, 3, 64, 80))
+    assert out.shape == (2, 32, 4, 5)
+    assert 'norm.weight' in model.state_dict()
+    assert len(model.blocks) == 2 and isinstance(model.blocks[0], Block)
+    with pytest.raises(ValueError, match='3 input channels'):
+        model(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match='at least'):
+        model(torch.randn(1, 3, 8, 64))
+    with pytest.raises(ValueError, match='patch_embed'):
+        Conv2FormerIsotropic('small', patch_embed='2conv')
+    with pytest.raises(ValueError, match="unknown Conv2FormerIsotropic arch.*'small'"):
+        Conv2FormerIsotropic('tiny')
+
+
+def test_isotropic_layer_depth():
+    model = Conv2FormerIsotropic(dict(embed_dims=16, depth=4), final_norm=True)
+    assert model.get_layer_depth('patch_embed.weight') == (0, 6)
+    assert [model.get_layer_depth(f'blocks.{j}.mlp.fc1.weight')[0] for j in range(4)] == \
+        [1, 2, 3, 4]
+    assert model.get_layer_depth('norm.weight') == (5, 6)
+    assert model.get_layer_depth('head.fc.weight', 'backbone.') == (5, 6)
+
+
+@pytest.mark.parametrize('arch,dims,backbone_m,backbone_g,target_m,target_g', [
+    ('small', 320, 21.54, 4.21, 23.0, 4.3),
+    ('base', 640, 83.62, 16.37, 86.0, 16.5),
+])
+def test_isotropic_size_matches_paper(arch, dims, backbone_m, backbone_g, target_m, target_g):
+    """Params and multiply-adds at 224x224 (mmengine's counter), with and without the authors'
+    classifier head (Conv2FormerNeck + Linear(1280, 1000)) -- within 3% of the paper's sizes.
+
+    Every layer of the '1conv' model runs at stride 16 (or is pooled), so the count is exactly
+    proportional to the number of tokens: the counter runs at 32x32 (4 tokens) and is scaled by
+    196 / 4 = 49 to keep the test fast (checked once at 224: IS 4.21064448G both ways).
+    """
+    from mmengine.analysis import get_model_complexity_info
+
+    from mmc2f.models.necks.conv2former_neck import Conv2FormerNeck
+    model = Conv2FormerIsotropic(arch)
+    assert model.embed_dims == dims and model.depth == 18
+    neck, fc = Conv2FormerNeck(dims), nn.Linear(1280, 1000)
+
+    def macs(module, shape):
+        info = get_model_complexity_info(module, input_shape=shape, show_table=False,
+                                         show_arch=False)
+        return info['flops']
+
+    backbone_macs = macs(model, (3, 32, 32)) * 49
+    head_macs = macs(neck, (dims, 2, 2)) * 49 + 1280 * 1000  # the Linear runs once per image
+    assert round(n_params(model) / 1e6, 2) == backbone_m
+    assert round(backbone_macs / 1e9, 2) == backbone_g
+    total_m = (n_params(model) + n_params(neck) + n_params(fc)) / 1e6
+    total_g = (backbone_macs + head_macs) / 1e9
+    assert abs(total_m - target_m) / target_m < 0.03, total_m
+    assert abs(total_g - target_g) / target_g < 0.03, total_g
