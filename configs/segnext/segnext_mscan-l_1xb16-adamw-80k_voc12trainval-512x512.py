@@ -1,0 +1,16 @@
+# SegNeXt-L: dims 64,128,320,512; depths 3,5,27,3; drop path 0.3; decoder 1024 channels, NMF rank 64
+# (the authors' L; mmseg's L config inherits rank 16 from its T config).
+_base_ = './segnext_mscan-t_1xb16-adamw-80k_voc12trainval-512x512.py'
+
+load_from = 'work_dirs/segnext_mscan-l_1xb16-adamw-80k_voc12aug-512x512/iter_80000.pth'  # noqa
+model = dict(
+    backbone=dict(
+        arch='large',
+        drop_path_rate=0.3),
+    decode_head=dict(
+        in_channels=[128, 320, 512],
+        channels=1024,
+        ham_channels=1024,
+        ham_kwargs=dict(MD_R=64)))
+test_evaluator = dict(
+    output_dir='work_dirs/format_results/segnext_mscan-l_voc12test')
