@@ -1,0 +1,75 @@
+"""tools/analysis_tools: the benchmark and FLOP counter run and report what they claim."""
+import csv
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def _load(name):
+    path = osp.join(ROOT, 'tools', 'analysis_tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'mmc2f_tool_{name}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='module')
+def benchmark():
+    return _load('benchmark')
+
+
+def test_benchmark_interleaves_against_baseline_and_appends_csv(benchmark, tmp_path):
+    out = tmp_path / 'bench.csv'
+    args = ['conv2former-t', '--batch-size', '1', '--input-size', '64', '--repeat', '2',
+            '--iters', '1', '--warmup', '0', '--threads', '1', '--csv', str(out)]
+    rows = benchmark.main(args)
+    assert [r['model'] for r in rows] == ['conv2former-t', 'convnext-t']  # the default baseline
+    cand = rows[0]
+    assert cand['img_per_s'] > 0 and cand['baseline'] == 'convnext-t'
+    assert cand['ratio_min'] <= cand['ratio_median'] <= cand['ratio_max']
+    benchmark.main(args)  # appends, header once
+    lines = list(csv.DictReader(open(out)))
+    assert len(lines) == 4 and lines[2]['model'] == 'conv2former-t'
+
+
+def test_benchmark_train_memory_shows_with_cp_saving(benchmark):
+    common = ['conv2former-t', '--baseline', 'none', '--mode', 'train', '--batch-size', '1',
+              '--input-size', '64', '--repeat', '1', '--iters', '1', '--warmup', '0', '--memory',
+              '--threads', '1']
+    plain = benchmark.main(common)[0]
+    with_cp = benchmark.main(common + ['--with-cp'])[0]
+    assert plain['memory_kind'] == 'saved for backward'
+    assert 0 < with_cp['memory_mib'] < 0.5 * plain['memory_mib']
+
+
+def test_benchmark_rejects_unknown_model(benchmark):
+    with pytest.raises(ValueError, match='unknown model'):
+        benchmark.build('resnet-t')
+
+
+def test_segnext_presets_build_both_implementations(benchmark):
+    ours = benchmark.build('segnext-t')
+    theirs = benchmark.build('mmseg-segnext-t')
+    assert type(ours.segmentor.backbone).__module__.startswith('mmc2f')
+    assert type(theirs.segmentor.backbone).__module__.startswith('mmseg')
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
+    x = torch.randn(1, 3, 64, 64)
+    assert ours.eval()(x).shape == theirs.eval()(x).shape == (1, 150, 64, 64)
+
+
+def test_flops_conventions():
+    flops = _load('get_flops')
+    benchmark = _load('benchmark')
+    model = benchmark.build('conv2former-t')
+    params, macs, with_elem = flops.count(model, (64, 64))
+    # Conv2Former-T: 4.4 GFLOPs at 224 (paper, multiply-adds); FLOPs scale with pixels.
+    assert abs(macs * (224 / 64)**2 / 1e9 - 4.4) < 0.15
+    # The elementwise products (A*V, layer scale) add exactly one per output element.
+    dims, depths = [72, 144, 288, 576], [3, 3, 12, 3]
+    per_block = [3 * d * (64 // s)**2 for d, s in zip(dims, (4, 8, 16, 32))]
+    assert with_elem - macs == sum(n * b for n, b in zip(depths, per_block))
+    assert params == sum(p.numel() for p in model.parameters())

@@ -1,0 +1,339 @@
+#!/usr/bin/env python
+"""Throughput and memory of a model against a named baseline, measured side by side in one process.
+
+Examples::
+
+    # Conv2Former-T vs mmpretrain's ConvNeXt-T, CPU fp32 inference, batch 8, 224x224
+    python tools/analysis_tools/benchmark.py conv2former-t
+    # training step, bf16 autocast, channels_last
+    python tools/analysis_tools/benchmark.py conv2former-t --mode train --dtype bf16 --channels-last
+    # SegNeXt-T (mmc2f) vs mmseg 1.2.2's SegNeXt-T at 1024x2048
+    python tools/analysis_tools/benchmark.py segnext-t --input-size 1024 2048 --batch-size 1
+    # any config's model (its ``model`` dict), against a preset
+    python tools/analysis_tools/benchmark.py configs/segnext/xxx.py --baseline mmseg-segnext-t
+
+Method: every model is built, moved to the device / memory format, and warmed up; then ``--repeat``
+rounds run the models in turn (interleaved), each timing ``--iters`` steps. Per round the candidate's
+throughput is divided by the baseline's; the median of those ratios and their spread (min..max) are
+printed with the median throughputs. ``--csv`` appends one row per candidate.
+
+Memory: on CUDA the peak allocated memory of one step (``torch.cuda.max_memory_allocated``). On CPU,
+where PyTorch has no allocator statistics, the bytes of tensors autograd saves for backward during a
+training step (unique storages; parameters excluded): the activation memory that ``with_cp`` and
+one-step NMF gradients reduce.
+"""
+import argparse
+import csv
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+from datetime import datetime
+
+import torch
+import torch.nn as nn
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
+
+
+class SegmentorTensor(nn.Module):
+    """A segmentor's inference as mmseg's ``encode_decode``: backbone, decode head, and the bilinear
+    resize of the logits to the input size; no data pre-processing and no argmax."""
+
+    def __init__(self, segmentor):
+        super().__init__()
+        self.segmentor = segmentor
+
+    def forward(self, x):
+        logits = self.segmentor(x, mode='tensor')
+        return nn.functional.interpolate(logits, size=x.shape[2:], mode='bilinear',
+                                         align_corners=False)
+
+
+def _segnext(size, backbone_type, head_type, num_classes=150):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    arch = SIZES[size]
+    dims = {'t': [32, 64, 160, 256]}.get(size, [64, 128, 320, 512])
+    depths = {'t': [3, 3, 5, 2], 's': [2, 2, 4, 2], 'b': [3, 3, 12, 3], 'l': [3, 5, 27, 3]}[size]
+    ham = {'t': (256, 16), 's': (256, 16), 'b': (512, 64), 'l': (1024, 64)}[size]
+    norm = dict(type='BN', requires_grad=True)
+    backbone = dict(type=backbone_type, embed_dims=dims, depths=depths, mlp_ratios=[8, 8, 4, 4],
+                    drop_rate=0.0, drop_path_rate=0.0, norm_cfg=norm)
+    head = dict(type=head_type, in_channels=dims[1:], in_index=[1, 2, 3], channels=ham[0],
+                ham_channels=ham[0], dropout_ratio=0.1, num_classes=num_classes,
+                norm_cfg=dict(type='GN', num_groups=32, requires_grad=True), align_corners=False,
+                ham_kwargs=dict(MD_S=1, MD_R=ham[1], train_steps=6, eval_steps=7, inv_t=100,
+                                rand_init=True),
+                loss_decode=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0))
+    if backbone_type.startswith('mmc2f'):
+        backbone.update(arch=arch)
+    seg = MODELS.build(dict(type='EncoderDecoder', backbone=backbone, decode_head=head,
+                            data_preprocessor=None))
+    return SegmentorTensor(seg)
+
+
+def build_preset(name, num_classes=None):
+    """A named model: ``conv2former-{n,t,s,b,l}``, ``convnext-{t,s,b,l}``, ``segnext-{t,s,b,l}``
+    (mmc2f), ``mmseg-segnext-{t,s,b,l}`` (mmseg 1.2.2). Segmentation presets have ADE20K's 150
+    classes unless ``num_classes`` says otherwise."""
+    family, _, size = name.rpartition('-')
+    if size not in SIZES:
+        raise ValueError(f'unknown model "{name}": expected e.g. conv2former-t, convnext-t, segnext-t, '
+                         'mmseg-segnext-t, or a config file')
+    if family == 'conv2former':
+        from mmc2f.registry import MODELS
+        return MODELS.build(dict(type='mmc2f.Conv2Former', arch=SIZES[size]))
+    if family == 'convnext':
+        from mmpretrain.models.backbones import ConvNeXt
+        return ConvNeXt(arch=SIZES[size], out_indices=(0, 1, 2, 3), gap_before_final_norm=False)
+    if family == 'segnext':
+        return _segnext(size, 'mmc2f.MSCAN', 'mmc2f.LightHamHead', num_classes or 150)
+    if family == 'mmseg-segnext':
+        return _segnext(size, 'MSCAN', 'LightHamHead', num_classes or 150)
+    raise ValueError(f'unknown model family "{family}" in "{name}"')
+
+
+def build_from_config(path):
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    cfg = Config.fromfile(path)
+    scope = cfg.get('default_scope', 'mmengine')
+    init_default_scope(scope)
+    import importlib
+    registry = importlib.import_module(f'{scope}.registry')
+    model_cfg = cfg.model
+    model_cfg.pop('data_preprocessor', None)
+    model = registry.MODELS.build(model_cfg)
+    from mmengine.model import revert_sync_batchnorm
+    model = revert_sync_batchnorm(model)
+    if hasattr(model, 'extract_feat') and hasattr(model, 'decode_head'):
+        return SegmentorTensor(model)
+    return model
+
+
+def build(name, num_classes=None):
+    if name.endswith('.py'):
+        return build_from_config(name)
+    return build_preset(name, num_classes)
+
+
+def default_baseline(name):
+    family, _, size = name.rpartition('-')
+    if family == 'conv2former':
+        return f'convnext-{size}' if size != 'n' else 'convnext-t'
+    if family == 'segnext':
+        return f'mmseg-segnext-{size}'
+    return None
+
+
+def _tensors(out):
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
+
+
+class Runner:
+    """One model prepared for timing: device, memory format, autocast, compile, optimizer."""
+
+    def __init__(self, name, args):
+        self.name = name
+        self.args = args
+        model = build(name)
+        if args.with_cp:
+            switched = [m for m in model.modules() if hasattr(m, 'with_cp')]
+            if not switched:
+                raise ValueError(f'--with-cp: {name} has no module with a with_cp switch')
+            for m in switched:
+                m.with_cp = True
+        if args.fuse and hasattr(model, 'switch_to_deploy'):
+            model.switch_to_deploy()
+        device = torch.device(args.device)
+        model = model.to(device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.params = sum(p.numel() for p in model.parameters())
+        h, w = args.input_size
+        self.x = torch.randn(args.batch_size, 3, h, w, device=device)
+        if args.channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.fn = torch.compile(model) if args.compile else model
+        self.dtype = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.dtype]
+        if args.mode == 'train':
+            model.train()
+            self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        else:
+            model.eval()
+
+    def autocast(self):
+        if self.dtype is None:
+            return torch.autocast(self.args.device.split(':')[0], enabled=False)
+        return torch.autocast(self.args.device.split(':')[0], dtype=self.dtype)
+
+    def step(self):
+        if self.args.mode == 'train':
+            with self.autocast():
+                outs = _tensors(self.fn(self.x))
+                loss = sum(o.float().mean() for o in outs)
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+        else:
+            with torch.inference_mode(), self.autocast():
+                self.fn(self.x)
+
+    def sync(self):
+        if self.args.device.startswith('cuda'):
+            torch.cuda.synchronize()
+
+    def time(self, iters):
+        self.sync()
+        start = time.perf_counter()
+        for _ in range(iters):
+            self.step()
+        self.sync()
+        return iters * self.args.batch_size / (time.perf_counter() - start)
+
+    def memory(self):
+        """Peak step memory in MiB (CUDA) or autograd-saved activation MiB (CPU, train mode)."""
+        if self.args.device.startswith('cuda'):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            self.step()
+            torch.cuda.synchronize()
+            return (torch.cuda.max_memory_allocated() - base) / 2**20, 'peak allocated'
+        if self.args.mode != 'train':
+            return None, None
+        return saved_activation_bytes(self.fn, self.x, self.autocast, self.model) / 2**20, \
+            'saved for backward'
+
+
+def saved_activation_bytes(fn, x, autocast, model):
+    """Bytes of the unique tensor storages autograd saves for backward (parameters excluded)."""
+    param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_ptrs and ptr not in seen:
+            seen[ptr] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with autocast():
+            outs = _tensors(fn(x))
+            loss = sum(o.float().mean() for o in outs)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    return sum(seen.values())
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('models', nargs='+', help='preset names (conv2former-t, segnext-t, ...) or configs')
+    p.add_argument('--baseline', help='preset/config to compare against (default: per family, '
+                   'convnext-<size> for conv2former, mmseg-segnext-<size> for segnext; "none" to skip)')
+    p.add_argument('--mode', choices=['infer', 'train'], default='infer')
+    p.add_argument('--batch-size', type=int, default=8)
+    p.add_argument('--input-size', type=int, nargs='+', default=[224, 224], help='H [W]')
+    p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
+    p.add_argument('--channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true', help='torch.compile every model')
+    p.add_argument('--fuse', action='store_true',
+                   help="call the model's switch_to_deploy() (inference-only fusions) if it has one")
+    p.add_argument('--with-cp', action='store_true',
+                   help='turn on activation checkpointing (with_cp) in every module that has it')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (CPU)')
+    p.add_argument('--warmup', type=int, default=2, help='untimed steps per model first')
+    p.add_argument('--iters', type=int, default=3, help='steps per timed block')
+    p.add_argument('--repeat', type=int, default=5, help='interleaved rounds')
+    p.add_argument('--memory', action='store_true', help='also report memory (see the doc)')
+    p.add_argument('--csv', help='append results to this CSV file')
+    args = p.parse_args(argv)
+    if len(args.input_size) == 1:
+        args.input_size = args.input_size * 2
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    names = list(args.models)
+    baseline = args.baseline or default_baseline(names[0])
+    if baseline and baseline.lower() != 'none' and baseline not in names:
+        names.append(baseline)
+    elif baseline and baseline.lower() == 'none':
+        baseline = None
+    runners = [Runner(n, args) for n in names]
+    for r in runners:
+        for _ in range(args.warmup):
+            r.step()
+    rounds = {r.name: [] for r in runners}
+    for _ in range(args.repeat):
+        for r in runners:
+            rounds[r.name].append(r.time(args.iters))
+    device = torch.cuda.get_device_name() if args.device.startswith('cuda') else \
+        f'CPU x{torch.get_num_threads()} threads'
+    h, w = args.input_size
+    print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | '
+          f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
+          f'with_cp={args.with_cp} | '
+          f'{args.repeat} interleaved rounds x {args.iters} steps')
+    header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + str(baseline):>28}'
+    if args.memory:
+        header += f'{"memory MiB":>14}'
+    print(header)
+    rows = []
+    for r in runners:
+        med = statistics.median(rounds[r.name])
+        ratio_txt, ratios = '', None
+        if baseline and r.name != baseline:
+            ratios = [a / b for a, b in zip(rounds[r.name], rounds[baseline])]
+            ratio_txt = (f'{statistics.median(ratios):.3f}x '
+                         f'[{min(ratios):.3f}..{max(ratios):.3f}]')
+        line = f'{r.name:<28}{r.params / 1e6:>10.2f}{med:>16.2f}{ratio_txt:>28}'
+        mem, mem_kind = r.memory() if args.memory else (None, None)
+        if args.memory:
+            line += f'{mem:>14.1f}' if mem is not None else f'{"-":>14}'
+        print(line)
+        rows.append(dict(time=datetime.now().isoformat(timespec='seconds'), device=device,
+                         model=r.name, baseline=baseline or '', mode=args.mode, dtype=args.dtype,
+                         batch=args.batch_size, height=h, width=w,
+                         channels_last=args.channels_last, compile=args.compile, fuse=args.fuse,
+                         with_cp=args.with_cp,
+                         img_per_s=round(med, 3),
+                         ratio_median=round(statistics.median(ratios), 4) if ratios else '',
+                         ratio_min=round(min(ratios), 4) if ratios else '',
+                         ratio_max=round(max(ratios), 4) if ratios else '',
+                         memory_mib=round(mem, 2) if mem is not None else '',
+                         memory_kind=mem_kind or ''))
+    if args.memory and not args.device.startswith('cuda'):
+        print('memory (CPU): MiB of activations autograd saves for backward in one training step')
+    if args.csv:
+        new = not osp.exists(args.csv)
+        with open(args.csv, 'a', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        print(f'appended {len(rows)} rows to {args.csv}')
+    return rows
+
+
+if __name__ == '__main__':
+    main()
