@@ -7,14 +7,17 @@ Conv2Former and MSCAN both use pre-norm residual blocks of the form
 with a learnable per-channel ``gamma`` ("layer scale", Touvron et al. 2021) and stochastic depth whose
 rate rises linearly over all blocks. The pieces live here once.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
 
-__all__ = ['LayerNorm2d', 'DropPath', 'layer_scale', 'init_layer_scale', 'drop_path_rates']
+__all__ = [
+    'LayerNorm2d', 'DropPath', 'layer_scale', 'init_layer_scale', 'drop_path_rates', 'fused_conv',
+    'fused_conv_add', 'channel_norm', 'fold_channel_affine', 'fold_output_scale'
+]
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -61,3 +64,93 @@ def drop_path_rates(depths, max_rate: float) -> List[List[float]]:
         rates.append(flat[start:start + depth])
         start += depth
     return rates
+
+
+# ----------------------------------------------------------------------------------------------
+# Fused inference kernels.
+#
+# ``switch_to_deploy()`` paths (inference only; the training graph never uses these) run a
+# convolution together with the elementwise work around it in one pass over memory: on CPU through
+# oneDNN's post-op fusion (``torch.ops.mkldnn._convolution_pointwise``, the kernels TorchInductor's
+# CPU backend emits), elsewhere -- CUDA, half precision, autograd, ONNX export, a build without
+# oneDNN -- through the equivalent unfused ATen ops. Both give the same numbers up to float rounding.
+# ----------------------------------------------------------------------------------------------
+def _mkldnn_pointwise():
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+        op.default, op.binary  # noqa: B018  (raises if this build lacks them)
+        return op if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE = _mkldnn_pointwise()
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and not x.requires_grad
+            and not weight.requires_grad and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not _in_onnx_export())
+
+
+def _in_onnx_export() -> bool:
+    try:
+        return torch.onnx.is_in_onnx_export()
+    except AttributeError:  # pragma: no cover
+        return False
+
+
+def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               padding=0, stride=1, groups: int = 1, gelu: bool = False) -> torch.Tensor:
+    """``GELU(conv2d(x))`` (or plain ``conv2d`` with ``gelu=False``) in one kernel where possible."""
+    padding, stride = _pair2(padding), _pair2(stride)
+    if _use_onednn(x, weight):
+        return _POINTWISE(x, weight, bias, padding, stride, [1, 1], groups,
+                          'gelu' if gelu else 'none', [], 'none' if gelu else '')
+    out = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return F.gelu(out) if gelu else out
+
+
+def fused_conv_add(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) + residual`` in one kernel where possible (the residual is not modified)."""
+    padding = _pair2(padding)
+    if _use_onednn(x, weight) and residual.dtype == torch.float32 and \
+            residual.shape[1] == weight.shape[0]:
+        return _POINTWISE.binary(x, residual, weight, bias, padding, [1, 1], [1, 1], groups,
+                                 'add', None, None, [], None)
+    return F.conv2d(x, weight, bias, 1, padding, 1, groups) + residual
+
+
+def _pair2(v) -> List[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def channel_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise over channels without affine (``LayerNorm2d`` whose affine was folded away)."""
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), None, None, eps)
+    return y.permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def fold_channel_affine(weight: torch.Tensor, bias: Optional[torch.Tensor], scale: torch.Tensor,
+                        shift: torch.Tensor):
+    """Fold a per-input-channel affine ``y = scale * x + shift`` into the conv that consumes ``y``.
+
+    ``conv(W, scale * x + shift) = conv(W * scale, x) + sum(W * shift)``: exact for convolutions
+    without padding (1x1, or k x k stride k), which is where it is used. Returns ``(W', b')``.
+    """
+    w = weight * scale.view(1, -1, 1, 1)
+    b = (weight * shift.view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    if bias is not None:
+        b = b + bias
+    return w.contiguous(), b
+
+
+@torch.no_grad()
+def fold_output_scale(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor):
+    """Fold ``gamma * conv(x)`` (layer scale on a conv's output channels) into the conv."""
+    w = weight * gamma.view(-1, 1, 1, 1)
+    b = None if bias is None else bias * gamma
+    return w.contiguous(), b

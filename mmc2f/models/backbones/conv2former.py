@@ -25,7 +25,8 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmc2f.registry import MODELS
-from ..layers import DropPath, LayerNorm2d, drop_path_rates, init_layer_scale, layer_scale
+from ..layers import (DropPath, LayerNorm2d, channel_norm, drop_path_rates, fold_channel_affine,
+                      fold_output_scale, fused_conv, fused_conv_add, init_layer_scale, layer_scale)
 
 __all__ = ['ConvMod', 'MLP', 'Block', 'Conv2Former', 'Conv2FormerIsotropic']
 
@@ -123,9 +124,66 @@ class Block(nn.Module):
         return x if gamma is None else layer_scale(x, gamma)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed and not self.training:
+            return self.forward_fused(x)
         x = x + self.drop_path(self._scaled(self.attn(x), self.layer_scale_1))
         x = x + self.drop_path(self._scaled(self.mlp(x), self.layer_scale_2))
         return x
+
+    # ---------------------------------------------------------------- inference-only fusion
+    deployed = False
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Precompute the inference weights of :meth:`forward_fused` (the parameters are untouched).
+
+        * the LayerNorm affines are folded into the 1x1 convs that read them (``att.0``, ``v``,
+          ``fc1``): ``W (g * n + b) + c = (W g) n + (W b + c)``;
+        * the layer scales are folded into ``proj`` and ``fc2``: ``gamma * (W z + c)``.
+
+        Stored as non-persistent buffers (not in the state dict; moved by ``.to()``). Call again
+        after changing the weights.
+        """
+        attn, mlp = self.attn, self.mlp
+        folded = {
+            'att': fold_channel_affine(attn.att[0].weight, attn.att[0].bias, attn.norm.weight,
+                                       attn.norm.bias),
+            'v': fold_channel_affine(attn.v.weight, attn.v.bias, attn.norm.weight, attn.norm.bias),
+            'proj': (fold_output_scale(attn.proj.weight, attn.proj.bias, self.layer_scale_1)
+                     if self.layer_scale_1 is not None else
+                     (attn.proj.weight.detach(), attn.proj.bias.detach())),
+            'fc1': fold_channel_affine(mlp.fc1.weight, mlp.fc1.bias, mlp.norm.weight,
+                                       mlp.norm.bias),
+            'fc2': (fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, self.layer_scale_2)
+                    if self.layer_scale_2 is not None else
+                    (mlp.fc2.weight.detach(), mlp.fc2.bias.detach())),
+        }
+        for name, (weight, bias) in folded.items():
+            self.register_buffer(f'fused_{name}_weight', weight.detach(), persistent=False)
+            self.register_buffer(f'fused_{name}_bias', bias.detach(), persistent=False)
+        self.deployed = True
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block for inference with the weights of :meth:`fuse`, in fused kernels::
+
+            n = norm(x);  a = DW(GELU(W1' n));  x = x + W3' (a * (W2' n))
+            n = norm(x);  h = GELU(fc1' n);  h = h + GELU(DW3(h));  x = x + fc2' h
+
+        where ``'`` marks folded weights and each ``GELU(conv)`` / ``conv + residual`` is one
+        kernel on CPU (oneDNN post-ops). Equal to :meth:`forward` in eval mode up to rounding.
+        """
+        attn, mlp = self.attn, self.mlp
+        dw, pos = attn.att[2], mlp.pos
+        n = channel_norm(x, attn.norm.eps)
+        a = fused_conv(n, self.fused_att_weight, self.fused_att_bias, gelu=True)
+        v = fused_conv(n, self.fused_v_weight, self.fused_v_bias)
+        a = fused_conv(a, dw.weight, dw.bias, padding=dw.padding, groups=dw.groups)
+        x = fused_conv_add(a * v, self.fused_proj_weight, self.fused_proj_bias, x)
+        n = channel_norm(x, mlp.norm.eps)
+        h = fused_conv(n, self.fused_fc1_weight, self.fused_fc1_bias, gelu=True)
+        h = fused_conv(h, pos.weight, pos.bias, padding=pos.padding, groups=pos.groups,
+                       gelu=True).add_(h)
+        return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
 
 
 def _run_blocks(blocks: nn.Sequential, x: torch.Tensor, with_cp: bool) -> torch.Tensor:
@@ -336,13 +394,62 @@ class Conv2Former(BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W)`` -> tuple of ``(B, dims[i], H_i, W_i)`` for ``out_indices``."""
         _check_input(x, self.in_channels, self.min_input_size, type(self).__name__)
+        fused = self.deployed and not self.training
+        if fused:
+            # NHWC memory: the layout the fused kernels (and LayerNorm over channels) want.
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
-            x = self.downsample_layers[i](x)
+            x = self._downsample_fused(i, x) if fused else self.downsample_layers[i](x)
             x = _run_blocks(self.stages[i], x, self.with_cp)
             if i in self.out_indices:
                 outs.append(getattr(self, f'out_norm{i}')(x) if self.out_norms else x)
         return tuple(outs)
+
+    # ---------------------------------------------------------------- inference-only fusion
+    deployed = False
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'Conv2Former':
+        """Switch inference (eval mode) to fused kernels; training is unaffected.
+
+        Folds every LayerNorm/BatchNorm affine that feeds an unpadded convolution and every layer
+        scale into the neighbouring convolution, and runs each convolution with its GELU or its
+        residual add in one kernel (oneDNN post-ops on CPU; the same ops unfused elsewhere). The
+        parameters, the state dict and the train-mode graph are unchanged: ``model.train()`` runs
+        the original blocks, ``model.eval()`` the fused ones. Outputs equal the unfused model's up
+        to float rounding. Call it after loading weights (and again after changing them).
+        """
+        for stage in self.stages:
+            for block in stage:
+                block.fuse()
+        stem = self.downsample_layers[0]
+        bn = stem[5]
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.bias - bn.running_mean * scale
+        # BN5 feeds the unpadded 2x2 stride-2 conv: exact to fold. (BN2 feeds a padded conv and
+        # stays: folding its shift would change the zero padding.)
+        weight, bias = fold_channel_affine(stem[6].weight, stem[6].bias, scale, shift)
+        self.register_buffer('fused_stem_weight', weight, persistent=False)
+        self.register_buffer('fused_stem_bias', bias, persistent=False)
+        for i in range(1, self.num_stages):
+            norm, conv = self.downsample_layers[i]
+            weight, bias = fold_channel_affine(conv.weight, conv.bias, norm.weight, norm.bias)
+            self.register_buffer(f'fused_down{i}_weight', weight, persistent=False)
+            self.register_buffer(f'fused_down{i}_bias', bias, persistent=False)
+        self.deployed = True
+        return self
+
+    def _downsample_fused(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            stem = self.downsample_layers[0]
+            x = fused_conv(x, stem[0].weight, None, padding=1, stride=2, gelu=True)
+            x = stem[2](x)
+            x = fused_conv(x, stem[3].weight, None, padding=1, gelu=True)
+            return fused_conv(x, self.fused_stem_weight, self.fused_stem_bias, stride=2)
+        x = channel_norm(x, self.downsample_layers[i][0].eps)
+        return fused_conv(x, getattr(self, f'fused_down{i}_weight'),
+                          getattr(self, f'fused_down{i}_bias'), stride=2)
 
     def _frozen_modules(self) -> List[nn.Module]:
         if self.frozen_stages < 0:

@@ -390,3 +390,57 @@ def test_isotropic_size_matches_paper(arch, dims, backbone_m, backbone_g, target
     total_g = (backbone_macs + head_macs) / 1e9
     assert abs(total_m - target_m) / target_m < 0.03, total_m
     assert abs(total_g - target_g) / target_g < 0.03, total_g
+
+
+# ------------------------------------------------------------------ inference-only fused path
+def _randomised(model):
+    """Non-trivial BN statistics, norm affines and layer scales, so every fold is exercised."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for mod in model.modules():
+            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
+                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
+                mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) - 0.5)
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.copy_(torch.rand(mod.running_mean.shape, generator=g) - 0.5)
+                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
+        for name, p in model.named_parameters():
+            if 'layer_scale' in name:
+                p.copy_(torch.rand(p.shape, generator=g) * 0.9 + 0.1)
+    return model
+
+
+@pytest.mark.parametrize('onednn', [True, False])
+def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch):
+    import copy
+
+    from mmc2f.models import layers
+    if not onednn:  # the portable path used on CUDA / half precision / export
+        monkeypatch.setattr(layers, '_POINTWISE', None)
+    model = _randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 2, 2, 1]),
+                                    kernel_size=7, drop_path_rate=0.1)).eval()
+    fused = copy.deepcopy(model).switch_to_deploy().eval()
+    x = torch.randn(2, 3, 96, 64)
+    with torch.no_grad():
+        ref, out = model(x), fused(x)
+    for r, o in zip(ref, out):
+        assert o.shape == r.shape
+        assert ((o - r).norm() / r.norm()).item() < 1e-5
+    # The fused weights are not part of the checkpoint.
+    assert list(fused.state_dict()) == list(model.state_dict())
+
+
+def test_switch_to_deploy_keeps_training_graph():
+    import copy
+    model = _randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
+                                    kernel_size=5))
+    fused = copy.deepcopy(model).switch_to_deploy()
+    x = torch.randn(2, 3, 64, 64)
+    model.train(), fused.train()
+    ref, out = model(x), fused(x)
+    for r, o in zip(ref, out):
+        assert torch.equal(r, o)  # train mode runs the original blocks, bit for bit
+    sum(o.sum() for o in ref).backward()
+    sum(o.sum() for o in out).backward()
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        assert torch.equal(p.grad, q.grad), name
