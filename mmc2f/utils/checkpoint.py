@@ -13,13 +13,14 @@ The allow-list holds exactly the non-tensor types that the two kinds of checkpoi
 import argparse
 import contextlib
 import io
+import logging
 import os
 import os.path as osp
 import pickle
 import re
 import tempfile
 import zipfile
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from mmengine.fileio import LocalBackend, register_backend
@@ -27,7 +28,7 @@ from mmengine.fileio import LocalBackend, register_backend
 __all__ = [
     'CheckpointFormatError', 'UnsafeCheckpointError', 'safe_globals', 'install_safe_loading',
     'load_checkpoint_file', 'load_state_dict_checked', 'save_checkpoint_atomic', 'extract_state_dict',
-    'AtomicLocalBackend', 'install_atomic_checkpointing', 'is_intact_checkpoint',
+    'load_pretrained_weights', 'AtomicLocalBackend', 'install_atomic_checkpointing', 'is_intact_checkpoint',
     'find_resumable_checkpoint'
 ]
 
@@ -189,16 +190,19 @@ def _short(keys: Iterable[str], n: int = 5) -> str:
 
 def load_state_dict_checked(module: torch.nn.Module, state_dict: Dict[str, torch.Tensor],
                             strict: bool = True, hint: Optional[str] = None,
-                            source: str = 'checkpoint'):
+                            source: str = 'checkpoint', allow_missing: Sequence[str] = ()):
     """``module.load_state_dict`` that names the first missing and unexpected keys.
 
     Args:
         hint: what to suggest when the keys do not match (e.g. which converter to run).
         strict: raise :class:`CheckpointFormatError` on any mismatch; otherwise return the
-            ``(missing, unexpected)`` lists.
+            ``(missing, unexpected)`` lists. Shape mismatches always raise.
+        allow_missing: regexes of the module's keys that a checkpoint may lack (layers that are
+            new in mmc2f, e.g. per-output norms); they keep their initialisation.
     """
     own = module.state_dict()
-    missing = [k for k in own if k not in state_dict]
+    optional = [re.compile(p) for p in allow_missing]
+    missing = [k for k in own if k not in state_dict and not any(p.fullmatch(k) for p in optional)]
     unexpected = [k for k in state_dict if k not in own]
     shape_err = [
         f'{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}'
@@ -219,7 +223,55 @@ def load_state_dict_checked(module: torch.nn.Module, state_dict: Dict[str, torch
     if shape_err:
         raise CheckpointFormatError(f'the {source} does not match {type(module).__name__}: '
                                     f'shape mismatch: {_short(shape_err, 3)}')
-    module.load_state_dict(state_dict, strict=False)
+    module.load_state_dict({k: v for k, v in state_dict.items() if k in own}, strict=False)
+    return missing, unexpected
+
+
+def load_pretrained_weights(module: torch.nn.Module, checkpoint: str,
+                            prefix: Optional[str] = None, map_location='cpu', strict: bool = True,
+                            convert: Optional[Callable[[Dict[str, torch.Tensor]],
+                                                       Dict[str, torch.Tensor]]] = None,
+                            hint: Optional[str] = None, allow_missing: Sequence[str] = ()):
+    """What ``init_cfg=dict(type='Pretrained', ...)`` does for mmc2f's backbones, but checked.
+
+    MMEngine's own ``Pretrained`` loads with ``strict=False``, so a checkpoint of the wrong layout
+    only warns and the model silently keeps random weights. This reads the file (local paths with
+    ``weights_only=True`` and the allow-list; URLs through MMEngine), takes its weights (bare or
+    under ``state_dict``/``model``; a ``module.`` prefix dropped), keeps the keys under ``prefix``
+    (e.g. ``'backbone.'`` for a whole-model checkpoint), applies ``convert`` (a known other layout ->
+    the module's) and loads them strictly, naming the first missing and unexpected keys.
+    """
+    from mmengine.logging import print_log
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    install_safe_loading()
+    name = type(module).__name__
+    state = extract_state_dict(CheckpointLoader.load_checkpoint(checkpoint,
+                                                                map_location=map_location))
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointFormatError(
+                f'{name}: no key of checkpoint "{checkpoint}" starts with "{prefix}"')
+    else:
+        own = module.state_dict()
+        if not any(k in own for k in state) and any(k.startswith('backbone.') for k in state):
+            raise CheckpointFormatError(
+                f'{name}: "{checkpoint}" looks like a whole-model checkpoint (keys start with '
+                '"backbone."); load its backbone with init_cfg=dict(type="Pretrained", '
+                'checkpoint=..., prefix="backbone.")')
+    if convert is not None:
+        state = convert(state)
+    missing, unexpected = load_state_dict_checked(
+        module, state, strict=strict, source=f'checkpoint "{checkpoint}"', hint=hint,
+        allow_missing=allow_missing)
+    if missing or unexpected:
+        print_log(f'{name}: loaded "{checkpoint}" with {len(missing)} missing and '
+                  f'{len(unexpected)} unexpected keys (strict=False)', logger='current',
+                  level=logging.WARNING)
+    print_log(f'{name}: loaded pretrained weights from {checkpoint}', logger='current')
     return missing, unexpected
 
 

@@ -16,6 +16,7 @@ hierarchical four-stage backbone :class:`Conv2Former` (N/T/S/B/L) and the paper'
 variants :class:`Conv2FormerIsotropic` (IS/IB).
 """
 import copy
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -25,6 +26,7 @@ from mmengine.model import BaseModule
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmc2f.registry import MODELS
+from mmc2f.utils.checkpoint import load_pretrained_weights
 from ..layers import (DropPath, LayerNorm2d, channel_norm, drop_path_rates, fold_channel_affine,
                       fold_output_scale, fused_conv, fused_conv_add, init_layer_scale, layer_scale)
 
@@ -34,6 +36,46 @@ __all__ = ['ConvMod', 'MLP', 'Block', 'Conv2Former', 'Conv2FormerIsotropic']
 #: The authors' init, applied by ``init_weights()`` when no ``init_cfg`` is given: trunc-normal
 #: (std 0.02) weights and zero biases for every conv and linear layer; norms keep (1, 0).
 AUTHORS_INIT_CFG = [dict(type='TruncNormal', layer=['Conv2d', 'Linear'], std=.02, bias=0.)]
+
+
+def _authors_backbone_layout(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """The authors' classifier checkpoint as backbone weights: their earlier ``attn.a.*`` names
+    become ``attn.att.*`` and the classifier (``head.*``, ``pred.*``) is dropped. Backbone keys
+    that are already mmc2f's pass through unchanged."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(('head.', 'pred.')):
+            continue
+        out[re.sub(r'\.attn\.a\.(\d+)\.', r'.attn.att.\1.', key)] = value
+    return out
+
+
+class _CheckedPretrained:
+    """``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=None, strict=True)`` loaded strictly.
+
+    MMEngine's ``Pretrained`` uses ``strict=False``: a checkpoint of another layout would only warn
+    and leave random weights. Here the keys must match (new layers such as ``out_norm{i}`` may be
+    absent); a mismatch names the first missing/unexpected keys and the converter to run. Accepts
+    a converted checkpoint (with ``prefix='backbone.'``) or the authors' own file directly.
+    """
+
+    def init_weights(self):
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location', 'strict'}
+            if unknown:
+                raise KeyError(f'{type(self).__name__}: unknown keys {sorted(unknown)} in the '
+                               'Pretrained init_cfg')
+            load_pretrained_weights(
+                self, cfg['checkpoint'], prefix=cfg.get('prefix'),
+                map_location=cfg.get('map_location', 'cpu'), strict=cfg.get('strict', True),
+                convert=_authors_backbone_layout, allow_missing=[r'out_norm\d+\.(weight|bias)'],
+                hint="Is it a Conv2Former checkpoint of this size (arch, kernel_size)? Convert the "
+                     "authors' files with tools/model_converters/conv2former_to_mmc2f.py and load "
+                     "the result with prefix='backbone.'.")
+            self._is_init = True
+        else:
+            super().init_weights()
 
 
 class ConvMod(nn.Module):
@@ -210,7 +252,7 @@ def _check_input(x: torch.Tensor, in_channels: int, min_size: int, name: str) ->
 
 
 @MODELS.register_module()
-class Conv2Former(BaseModule):
+class Conv2Former(_CheckedPretrained, BaseModule):
     """Conv2Former, the hierarchical backbone (four stages at strides 4, 8, 16, 32).
 
     Layout (the authors' names, so released checkpoints load unchanged):
@@ -525,7 +567,7 @@ class Conv2Former(BaseModule):
 
 
 @MODELS.register_module()
-class Conv2FormerIsotropic(BaseModule):
+class Conv2FormerIsotropic(_CheckedPretrained, BaseModule):
     """The paper's isotropic (ViT-like) Conv2Former: IS and IB.
 
     One patch embedding to stride 16, then ``depth`` (18) identical :class:`Block` s at width ``D``,

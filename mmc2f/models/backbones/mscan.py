@@ -384,36 +384,14 @@ class MSCAN(BaseModule):
         Raises:
             CheckpointFormatError: keys missing/unexpected or shapes differ (``strict=True``).
         """
-        from mmengine.logging import print_log
-        from mmengine.runner.checkpoint import CheckpointLoader
-
-        from mmc2f.utils.checkpoint import (CheckpointFormatError, extract_state_dict,
-                                            install_safe_loading, load_state_dict_checked)
+        from mmc2f.utils.checkpoint import load_pretrained_weights
         from mmc2f.utils.convert.mscan import convert_mscan_state_dict
-        install_safe_loading()  # local paths go through mmc2f's weights_only loader
-        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location=map_location)
-        state = extract_state_dict(ckpt)
-        state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if not state:
-                raise KeyError(f'MSCAN: no key of "{checkpoint}" starts with "{prefix}"')
-        if not prefix and any(k.startswith('backbone.') for k in state) and \
-                'norm1.weight' not in state:
-            raise CheckpointFormatError(
-                f'MSCAN: "{checkpoint}" looks like a full model checkpoint (keys start with '
-                '"backbone."); load its backbone with init_cfg=dict(type="Pretrained", '
-                'checkpoint=..., prefix="backbone.")')
-        state = convert_mscan_state_dict(state, what=f'MSCAN checkpoint "{checkpoint}"')
-        missing, unexpected = load_state_dict_checked(
-            self, state, strict=strict, source=f'checkpoint "{checkpoint}"',
+        load_pretrained_weights(
+            self, checkpoint, prefix=prefix, map_location=map_location, strict=strict,
+            convert=lambda state: convert_mscan_state_dict(
+                state, what=f'MSCAN checkpoint "{checkpoint}"'),
             hint='Is it an MSCAN checkpoint of this size (arch / embed_dims / depths)? Convert '
                  "the authors' files with tools/model_converters/mscan_to_mmc2f.py.")
-        if missing or unexpected:
-            warnings.warn(f'MSCAN: loaded "{checkpoint}" with {len(missing)} missing and '
-                          f'{len(unexpected)} unexpected keys (strict=False)')
-        print_log(f'MSCAN: loaded {checkpoint}', logger='current')
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:

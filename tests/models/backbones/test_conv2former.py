@@ -444,3 +444,41 @@ def test_switch_to_deploy_keeps_training_graph():
     sum(o.sum() for o in out).backward()
     for (name, p), q in zip(model.named_parameters(), fused.parameters()):
         assert torch.equal(p.grad, q.grad), name
+
+
+def test_pretrained_init_is_strict_and_names_keys(tmp_path):
+    from mmc2f.utils.checkpoint import CheckpointFormatError
+    arch = dict(dims=[16, 32, 48, 64], depths=[1, 1, 1, 1])
+    source = Conv2Former(arch=arch, kernel_size=5)
+    source.init_weights()
+    # The authors' own classifier file, older 'attn.a' naming, loads directly (classifier dropped).
+    authors = {k.replace('.attn.att.', '.attn.a.'): v for k, v in source.state_dict().items()}
+    authors.update({'head.0.weight': torch.zeros(8, 64, 1, 1), 'pred.weight': torch.zeros(3, 8)})
+    torch.save({'state_dict': authors, 'epoch': 1}, tmp_path / 'authors.pth')
+    model = Conv2Former(arch=arch, kernel_size=5, out_norms=True,
+                        init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'authors.pth')))
+    model.init_weights()
+    for k, v in source.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+    # A converted whole-classifier checkpoint needs prefix='backbone.'; without it: a clear error.
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in source.state_dict().items()}},
+               tmp_path / 'converted.pth')
+    bad = Conv2Former(arch=arch, kernel_size=5,
+                      init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'converted.pth')))
+    with pytest.raises(CheckpointFormatError, match='prefix="backbone."'):
+        bad.init_weights()
+    # Another layout (here: a different kernel size) fails and suggests the converter.
+    other = Conv2Former(arch=arch, kernel_size=7, init_cfg=dict(
+        type='Pretrained', checkpoint=str(tmp_path / 'converted.pth'), prefix='backbone.'))
+    with pytest.raises(CheckpointFormatError, match=r'shape mismatch: .*attn\.att\.2\.weight'):
+        other.init_weights()
+    renamed = {k.replace('mlp.fc1', 'mlp.fc_in'): v for k, v in source.state_dict().items()}
+    torch.save(renamed, tmp_path / 'renamed.pth')
+    wrong = Conv2Former(arch=arch, kernel_size=5,
+                        init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'renamed.pth')))
+    with pytest.raises(CheckpointFormatError) as info:
+        wrong.init_weights()
+    msg = str(info.value)
+    assert 'missing keys: stages.0.0.mlp.fc1.weight' in msg
+    assert 'unexpected keys: stages.0.0.mlp.fc_in.weight' in msg
+    assert 'conv2former_to_mmc2f.py' in msg
