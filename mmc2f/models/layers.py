@@ -129,7 +129,8 @@ def _pair2(v) -> List[int]:
 
 def channel_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise over channels without affine (``LayerNorm2d`` whose affine was folded away)."""
-    y = F.layer_norm(x.permute(0, 2, 3, 1), (x.shape[1], ), None, None, eps)
+    # int(): the channel count is static; traced (ONNX export) it must stay a constant.
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (int(x.shape[1]), ), None, None, eps)
     return y.permute(0, 3, 1, 2)
 
 

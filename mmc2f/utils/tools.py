@@ -1,10 +1,10 @@
-"""What ``tools/train.py`` and ``tools/test.py`` share: one tool for mmseg, mmdet and mmpretrain configs.
+"""What ``tools/train.py`` and ``tools/test.py`` share: one tool for mmseg, mmdet, mmpretrain.
 
 Nothing here is imported by ``mmc2f`` itself (it pulls in MMEngine's runner); the tools import it.
 Every function takes the loaded :class:`mmengine.Config` and changes it the way the upstream tools
 of the config's package would, plus the CPU fall-backs that this project needs:
 
-* ``--amp`` without CUDA: warn and keep the plain ``OptimWrapper`` (``AmpOptimWrapper`` refuses CPU);
+* ``--amp`` without CUDA: warn, keep the plain ``OptimWrapper`` (``AmpOptimWrapper`` refuses CPU);
 * distributed without CUDA: gloo backend, process group initialised without ``torch.cuda``,
   ``DistributedDataParallel`` without ``device_ids``, SyncBN reverted to BN (see :class:`Runner`);
 * missing data folders: a clear error naming the path and the config key, before anything is built.
@@ -28,7 +28,8 @@ __all__ = [
 ]
 
 #: default_scope -> the module whose ``register_all_modules`` fills that package's registries.
-SUPPORTED_SCOPES = {'mmseg': 'mmseg.utils', 'mmdet': 'mmdet.utils', 'mmpretrain': 'mmpretrain.utils'}
+SUPPORTED_SCOPES = {
+    'mmseg': 'mmseg.utils', 'mmdet': 'mmdet.utils', 'mmpretrain': 'mmpretrain.utils'}
 
 
 class ToolError(RuntimeError):
@@ -39,7 +40,7 @@ class ToolError(RuntimeError):
 # scope
 # --------------------------------------------------------------------------------------------
 def init_scope(cfg: Config, config_path: str = 'the config') -> str:
-    """Register the modules of the config's package (``default_scope``) and make it the default scope.
+    """Register the modules of the config's package (``default_scope``); make it the default scope.
 
     Raises:
         ToolError: ``default_scope`` is missing or not one of mmseg, mmdet, mmpretrain.
@@ -59,6 +60,11 @@ def init_scope(cfg: Config, config_path: str = 'the config') -> str:
     module.register_all_modules(init_default_scope=False)
     from mmengine.registry import init_default_scope
     init_default_scope(scope)
+    from mmc2f.utils.config_check import UnscopedTypeError, check_mmc2f_types
+    try:
+        check_mmc2f_types(cfg, scope)
+    except UnscopedTypeError as err:
+        raise ToolError(f'{config_path}: {err}') from None
     return scope
 
 
@@ -74,10 +80,19 @@ def set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> None
 # training options
 # --------------------------------------------------------------------------------------------
 def setup_resume(cfg: Config, resume: Optional[str]) -> None:
-    """``--resume`` (no value, or ``auto``): the latest checkpoint in work_dir; ``--resume PATH``."""
+    """``--resume`` (no value, or ``auto``): the newest intact checkpoint in work_dir (the one
+    ``last_checkpoint`` names, unless it is damaged; see
+    :func:`mmc2f.utils.checkpoint.find_resumable_checkpoint`); ``--resume PATH``: that file."""
     if resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
+        from mmengine.logging import print_log
+
+        from mmc2f.utils.checkpoint import find_resumable_checkpoint
+        found = find_resumable_checkpoint(cfg.work_dir)
+        if found is None:
+            print_log(f'--resume: no intact checkpoint in {cfg.work_dir}; training from scratch',
+                      logger='current')
+        cfg.resume = found is not None
+        cfg.load_from = found
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume
@@ -108,8 +123,9 @@ def setup_amp(cfg: Config, amp: bool, cuda: Optional[bool] = None) -> None:
         return
     if amp or _is_amp(type_):
         warnings.warn(
-            'CUDA is not available: mixed-precision training (AmpOptimWrapper) needs a GPU, so it is '
-            'switched off and the model trains in fp32 with the plain OptimWrapper.', stacklevel=2)
+            'CUDA is not available: mixed-precision training (AmpOptimWrapper) needs a GPU, '
+            'so it is switched off and the model trains in fp32 with the plain OptimWrapper.',
+            stacklevel=2)
         if _is_amp(type_):
             optim_wrapper.type = 'OptimWrapper'
             for key in ('loss_scale', 'dtype', 'use_fsdp'):
@@ -184,7 +200,9 @@ def check_data_roots(cfg: Config, loaders: List[str]) -> None:
             continue
         for key, ds in _dataset_cfgs(loader_cfg['dataset'], f'{loader}.dataset'):
             root = ds.get('data_root', None)
-            if isinstance(root, str) and root and not _is_remote(root):
+            if isinstance(root, str) and _is_remote(root):
+                continue
+            if isinstance(root, str) and root:
                 if not osp.isdir(root):
                     raise ToolError(
                         f'data folder "{root}" does not exist (config key {key}.data_root, '
@@ -302,8 +320,8 @@ def setup_test_out(cfg: Config, scope: str, out: Optional[str]) -> None:
 
 
 def add_dump_metric(runner, scope: str, out: Optional[str], out_item: Optional[str]) -> None:
-    """The runner part of ``--out``: mmdet ``DumpDetResults``; mmpretrain ``DumpResults`` (predictions,
-    unless ``--out-item metrics``, which the tool dumps after testing)."""
+    """The runner part of ``--out``: mmdet ``DumpDetResults``; mmpretrain ``DumpResults``
+    (predictions, unless ``--out-item metrics``, which the tool dumps after testing)."""
     if out is None:
         return
     if scope == 'mmdet':
@@ -392,7 +410,7 @@ class Runner(_MMRunner):
 
 
 def build_runner(cfg: Config):
-    """``Runner.from_cfg`` (this module's :class:`Runner`), or ``RUNNERS.build`` for ``runner_type``."""
+    """``Runner.from_cfg`` with this module's :class:`Runner`; ``RUNNERS.build`` for runner_type."""
     if 'runner_type' in cfg:
         from mmengine.registry import RUNNERS
         return RUNNERS.build(cfg)

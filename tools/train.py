@@ -1,0 +1,79 @@
+"""Train a model from an mmseg, mmdet or mmpretrain config (the config's default_scope decides).
+
+    python tools/train.py CONFIG [--work-dir DIR] [--resume [CHECKPOINT]] [--amp] [--auto-scale-lr]
+                                 [--cfg-options KEY=VALUE ...] [--launcher none|pytorch|slurm|mpi]
+
+Behaves like the upstream tools/train.py of those packages (MMEngine's Runner), and also runs on a
+machine without CUDA: --amp falls back to fp32 with a warning, distributed runs use gloo, SyncBN
+becomes BN, and checkpoints load with torch's weights_only=True (mmc2f.utils.checkpoint).
+"""
+import argparse
+import os
+import sys
+
+# Before anything loads a checkpoint: safe weights_only loading of runner checkpoints.
+import mmc2f.registry  # noqa: F401,E402  isort:skip
+from mmengine.config import Config, DictAction  # noqa: E402
+
+from mmc2f.utils import tools  # noqa: E402
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description='Train a model (mmseg, mmdet or mmpretrain config)')
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='the dir to save logs and models '
+                        '(default: work_dir in the config, else ./work_dirs/<config name>)')
+    parser.add_argument(
+        '--resume', nargs='?', type=str, const='auto',
+        help='resume from CHECKPOINT; without a value, from the latest checkpoint in work_dir')
+    parser.add_argument('--amp', action='store_true', default=False,
+                        help='automatic mixed precision (needs CUDA; off with a warning on CPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / auto_scale_lr.'
+                        'base_batch_size')
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction,
+        help='override settings in the config, key=value pairs, e.g. '
+        'train_cfg.max_iters=100 "model.backbone.depths=[1,1,1,1]"; no white space in a pair')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='job launcher')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_cfg(args):
+    cfg = Config.fromfile(args.config)
+    cfg.launcher = args.launcher
+    if args.cfg_options is not None:
+        cfg.merge_from_dict(args.cfg_options)
+    tools.init_scope(cfg, args.config)
+    tools.set_work_dir(cfg, args.config, args.work_dir)
+    tools.setup_amp(cfg, args.amp)
+    tools.setup_auto_scale_lr(cfg, args.auto_scale_lr)
+    tools.setup_resume(cfg, args.resume)
+    tools.setup_dist_backend(cfg, args.launcher)
+    loaders = ['train_dataloader']
+    if cfg.get('val_cfg', None) is not None:
+        loaders.append('val_dataloader')
+    tools.check_data_roots(cfg, loaders)
+    return cfg
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = build_cfg(args)
+    except tools.ToolError as err:
+        print(f'{os.path.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
+        sys.exit(2)
+    runner = tools.build_runner(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
