@@ -73,3 +73,15 @@ def test_flops_conventions():
     per_block = [3 * d * (64 // s)**2 for d, s in zip(dims, (4, 8, 16, 32))]
     assert with_elem - macs == sum(n * b for n, b in zip(depths, per_block))
     assert params == sum(p.numel() for p in model.parameters())
+
+
+def test_benchmark_shows_nmf_one_step_grad_memory_saving(benchmark):
+    common = ['segnext-t', '--baseline', 'none', '--mode', 'train', '--batch-size', '1',
+              '--input-size', '128', '--repeat', '1', '--iters', '1', '--warmup', '0', '--memory',
+              '--threads', '1']
+    full = benchmark.main(common)[0]
+    one_step = benchmark.main(common + ['--one-step-grad'])[0]
+    assert one_step['one_step_grad'] is True
+    assert 0 < one_step['memory_mib'] < full['memory_mib']
+    with pytest.raises(ValueError, match='no NMF'):
+        benchmark.main(['convnext-t', '--baseline', 'none', '--one-step-grad', '--repeat', '1'])

@@ -154,6 +154,12 @@ class Runner:
                 raise ValueError(f'--with-cp: {name} has no module with a with_cp switch')
             for m in switched:
                 m.with_cp = True
+        if args.one_step_grad:
+            nmfs = [m for m in model.modules() if hasattr(m, 'one_step_grad')]
+            if not nmfs:
+                raise ValueError(f'--one-step-grad: {name} has no NMF with a one_step_grad switch')
+            for m in nmfs:
+                m.one_step_grad = True
         if args.fuse and hasattr(model, 'switch_to_deploy'):
             model.switch_to_deploy()
         device = torch.device(args.device)
@@ -255,6 +261,8 @@ def parse_args(argv=None):
                    help="call the model's switch_to_deploy() (inference-only fusions) if it has one")
     p.add_argument('--with-cp', action='store_true',
                    help='turn on activation checkpointing (with_cp) in every module that has it')
+    p.add_argument('--one-step-grad', action='store_true',
+                   help="NMF: back-propagate through the last update only (mmc2f's LightHamHead)")
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--threads', type=int, default=None, help='torch intra-op threads (CPU)')
     p.add_argument('--warmup', type=int, default=2, help='untimed steps per model first')
@@ -292,9 +300,9 @@ def main(argv=None):
     h, w = args.input_size
     print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | '
           f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
-          f'with_cp={args.with_cp} | '
+          f'with_cp={args.with_cp} one_step_grad={args.one_step_grad} | '
           f'{args.repeat} interleaved rounds x {args.iters} steps')
-    header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + str(baseline):>28}'
+    header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + (baseline or "-"):>28}'
     if args.memory:
         header += f'{"memory MiB":>14}'
     print(header)
@@ -315,7 +323,7 @@ def main(argv=None):
                          model=r.name, baseline=baseline or '', mode=args.mode, dtype=args.dtype,
                          batch=args.batch_size, height=h, width=w,
                          channels_last=args.channels_last, compile=args.compile, fuse=args.fuse,
-                         with_cp=args.with_cp,
+                         with_cp=args.with_cp, one_step_grad=args.one_step_grad,
                          img_per_s=round(med, 3),
                          ratio_median=round(statistics.median(ratios), 4) if ratios else '',
                          ratio_min=round(min(ratios), 4) if ratios else '',
