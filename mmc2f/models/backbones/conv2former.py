@@ -445,7 +445,10 @@ class Conv2Former(_CheckedPretrained, BaseModule):
             x = self._downsample_fused(i, x) if fused else self.downsample_layers[i](x)
             x = _run_blocks(self.stages[i], x, self.with_cp)
             if i in self.out_indices:
-                outs.append(getattr(self, f'out_norm{i}')(x) if self.out_norms else x)
+                out = getattr(self, f'out_norm{i}')(x) if self.out_norms else x
+                # LayerNorm2d leaves channels_last strides; necks, heads and mmcv's C++/CUDA ops
+                # (RoIAlign reads raw NCHW memory) need plain contiguous NCHW tensors.
+                outs.append(out.contiguous())
         return tuple(outs)
 
     # ---------------------------------------------------------------- inference-only fusion
@@ -698,7 +701,7 @@ class Conv2FormerIsotropic(_CheckedPretrained, BaseModule):
         x = _run_blocks(self.blocks, x, self.with_cp)
         if self.final_norm:
             x = self.norm(x)
-        return (x, )
+        return (x.contiguous(), )  # plain NCHW memory for necks, heads and mmcv's ops
 
     def train(self, mode: bool = True):
         super().train(mode)

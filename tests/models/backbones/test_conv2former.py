@@ -482,3 +482,18 @@ def test_pretrained_init_is_strict_and_names_keys(tmp_path):
     assert 'missing keys: stages.0.0.mlp.fc1.weight' in msg
     assert 'unexpected keys: stages.0.0.mlp.fc_in.weight' in msg
     assert 'conv2former_to_mmc2f.py' in msg
+
+
+@pytest.mark.parametrize('deploy', [False, True])
+def test_outputs_are_contiguous_nchw(deploy):
+    """mmcv's C++ ops (RoIAlign) read raw NCHW memory: outputs must not keep channels_last strides."""
+    model = Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 1, 1]), kernel_size=5,
+                        out_norms=True).eval()
+    if deploy:
+        model.switch_to_deploy()
+    with torch.no_grad():
+        outs = model(torch.randn(1, 3, 64, 64))
+    assert all(o.is_contiguous() for o in outs)
+    iso = Conv2FormerIsotropic(arch='is').eval()
+    with torch.no_grad():
+        assert iso(torch.randn(1, 3, 64, 64))[0].is_contiguous()
