@@ -3,12 +3,13 @@
 Each test writes a tiny synthetic set with the generator API (``mmc2f.datasets.demo``) under
 ``tmp/data/demo/<task>``, runs the tools with ``tmp`` as working directory (so the configs' own
 relative ``data/demo/...`` paths are used, nothing is redirected), and reads the metrics that
-MMEngine's logger writes to ``<work_dir>/<timestamp>/<timestamp>.json``. The metrics come from the
-real evaluators: mmdet's ``CocoMetric`` (pycocotools, bbox + segm) and mmpretrain's ``Accuracy``.
+MMEngine's logger writes as json (``<ts>/vis_data/<ts>.json`` when training, ``<ts>/<ts>.json``
+when testing). The metrics come from the real evaluators: mmdet's ``CocoMetric`` (pycocotools,
+bbox + segm) and mmpretrain's ``Accuracy``.
 
 Budget on one core of the shared 2-core machine: the RoI-feature check about 5 s, Mask R-CNN
 (4 iterations + validation + test) about 25 s, the classifier (a 90-iteration run on 120 images,
-then test on 30) about 70 s; the file about 1.7 minutes.
+then test on 30) about 65 s; the file about 1.5 minutes.
 """
 import glob
 import json
