@@ -16,7 +16,8 @@ from mmcv.cnn.bricks import DropPath
 
 __all__ = [
     'LayerNorm2d', 'DropPath', 'layer_scale', 'init_layer_scale', 'drop_path_rates', 'fused_conv',
-    'fused_conv_add', 'channel_norm', 'fold_channel_affine', 'fold_output_scale'
+    'fused_conv_add', 'fused_conv_mul', 'fused_conv_binary', 'channel_norm', 'fold_channel_affine',
+    'fold_output_scale'
 ]
 
 
@@ -89,8 +90,9 @@ _POINTWISE = _mkldnn_pointwise()
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and not x.requires_grad
-            and not weight.requires_grad and not torch.jit.is_tracing()
+            and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and not _in_onnx_export())
 
 
@@ -115,12 +117,30 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 def fused_conv_add(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    residual: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
     """``conv2d(x) + residual`` in one kernel where possible (the residual is not modified)."""
+    return fused_conv_binary(x, weight, bias, residual, 'add', padding, groups)
+
+
+def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   other: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) * other`` (a Hadamard product) in one kernel where possible."""
+    return fused_conv_binary(x, weight, bias, other, 'mul', padding, groups)
+
+
+def fused_conv_binary(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      other: torch.Tensor, binary: str, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) (+|*) other`` with ``binary`` ``'add'`` or ``'mul'``; ``other`` has the conv's
+    output shape and is not modified."""
     padding = _pair2(padding)
-    if _use_onednn(x, weight) and residual.dtype == torch.float32 and \
-            residual.shape[1] == weight.shape[0]:
-        return _POINTWISE.binary(x, residual, weight, bias, padding, [1, 1], [1, 1], groups,
-                                 'add', None, None, [], None)
-    return F.conv2d(x, weight, bias, 1, padding, 1, groups) + residual
+    if _use_onednn(x, weight) and other.dtype == torch.float32 and \
+            other.shape[1] == weight.shape[0]:
+        return _POINTWISE.binary(x, other, weight, bias, padding, [1, 1], [1, 1], groups,
+                                 binary, None, None, [], None)
+    out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
+    if binary == 'add':
+        return out + other
+    if binary == 'mul':
+        return out * other
+    raise ValueError(f"binary must be 'add' or 'mul', got {binary!r}")
 
 
 def _pair2(v) -> List[int]:

@@ -28,7 +28,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from mmc2f.registry import MODELS
 from mmc2f.utils.checkpoint import load_pretrained_weights
 from ..layers import (DropPath, LayerNorm2d, channel_norm, drop_path_rates, fold_channel_affine,
-                      fold_output_scale, fused_conv, fused_conv_add, init_layer_scale, layer_scale)
+                      fold_output_scale, fused_conv, fused_conv_add, fused_conv_mul,
+                      init_layer_scale, layer_scale)
 
 __all__ = ['ConvMod', 'MLP', 'Block', 'Conv2Former', 'Conv2FormerIsotropic']
 
@@ -208,19 +209,19 @@ class Block(nn.Module):
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The same block for inference with the weights of :meth:`fuse`, in fused kernels::
 
-            n = norm(x);  a = DW(GELU(W1' n));  x = x + W3' (a * (W2' n))
+            n = norm(x);  z = DW(GELU(W1' n)) * (W2' n);  x = x + W3' z
             n = norm(x);  h = GELU(fc1' n);  h = h + GELU(DW3(h));  x = x + fc2' h
 
-        where ``'`` marks folded weights and each ``GELU(conv)`` / ``conv + residual`` is one
-        kernel on CPU (oneDNN post-ops). Equal to :meth:`forward` in eval mode up to rounding.
+        where ``'`` marks folded weights and each ``GELU(conv)`` / ``conv * v`` /
+        ``conv + residual`` is one kernel on CPU (oneDNN post-ops). Equal to :meth:`forward` in eval mode up to rounding.
         """
         attn, mlp = self.attn, self.mlp
         dw, pos = attn.att[2], mlp.pos
         n = channel_norm(x, attn.norm.eps)
         a = fused_conv(n, self.fused_att_weight, self.fused_att_bias, gelu=True)
         v = fused_conv(n, self.fused_v_weight, self.fused_v_bias)
-        a = fused_conv(a, dw.weight, dw.bias, padding=dw.padding, groups=dw.groups)
-        x = fused_conv_add(a * v, self.fused_proj_weight, self.fused_proj_bias, x)
+        a = fused_conv_mul(a, dw.weight, dw.bias, v, padding=dw.padding, groups=dw.groups)
+        x = fused_conv_add(a, self.fused_proj_weight, self.fused_proj_bias, x)
         n = channel_norm(x, mlp.norm.eps)
         h = fused_conv(n, self.fused_fc1_weight, self.fused_fc1_bias, gelu=True)
         h = fused_conv(h, pos.weight, pos.bias, padding=pos.padding, groups=pos.groups,

@@ -410,6 +410,18 @@ def _randomised(model):
     return model
 
 
+def _count_aten_convs(monkeypatch):
+    """Record the weight shape of every ``F.conv2d`` call from now on."""
+    calls, conv2d = [], torch.nn.functional.conv2d
+
+    def counting(x, weight, *args, **kwargs):
+        calls.append(tuple(weight.shape))
+        return conv2d(x, weight, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, 'conv2d', counting)
+    return calls
+
+
 @pytest.mark.parametrize('onednn', [True, False])
 def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch):
     import copy
@@ -422,7 +434,16 @@ def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch):
     fused = copy.deepcopy(model).switch_to_deploy().eval()
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
-        ref, out = model(x), fused(x)
+        ref = model(x)
+        aten_convs = _count_aten_convs(monkeypatch)
+        out = fused(x)
+    if onednn:
+        # Every convolution of the fused model runs as a oneDNN kernel with its post-ops (the
+        # parameters require grad, which must not send them back to ATen under no_grad).
+        assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
+        assert aten_convs == [], aten_convs
+    else:
+        assert len(aten_convs) > 0
     for r, o in zip(ref, out):
         assert o.shape == r.shape
         assert ((o - r).norm() / r.norm()).item() < 1e-5
