@@ -1,2 +1,2 @@
 """Training-time pieces: optimizer-wrapper constructors and hooks."""
-from . import layer_decay  # noqa: F401
+from . import deploy_hook, layer_decay  # noqa: F401

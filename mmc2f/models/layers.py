@@ -13,11 +13,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn.bricks import DropPath
+from torch.nn.modules.batchnorm import _BatchNorm
 
 __all__ = [
     'LayerNorm2d', 'DropPath', 'layer_scale', 'init_layer_scale', 'drop_path_rates', 'fused_conv',
     'fused_conv_add', 'fused_conv_mul', 'fused_conv_binary', 'channel_norm', 'fold_channel_affine',
-    'fold_output_scale'
+    'fold_output_scale', 'bn_affine', 'activation_name'
 ]
 
 
@@ -103,15 +104,41 @@ def _in_onnx_export() -> bool:
         return False
 
 
+#: activations a fused convolution can apply: name -> (oneDNN attr, algorithm, ATen function)
+_ACTIVATIONS = {
+    'gelu': ('gelu', 'none', F.gelu),
+    'relu': ('relu', '', F.relu),
+}
+
+
 def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-               padding=0, stride=1, groups: int = 1, gelu: bool = False) -> torch.Tensor:
-    """``GELU(conv2d(x))`` (or plain ``conv2d`` with ``gelu=False``) in one kernel where possible."""
+               padding=0, stride=1, groups: int = 1, gelu: bool = False,
+               act: Optional[str] = None) -> torch.Tensor:
+    """``act(conv2d(x))`` in one kernel where possible.
+
+    ``act`` is ``None`` (plain conv), ``'gelu'`` (exact erf GELU, as ``nn.GELU()``) or ``'relu'``;
+    ``gelu=True`` is short for ``act='gelu'``.
+    """
+    act = 'gelu' if gelu else act
+    if act is not None and act not in _ACTIVATIONS:
+        raise ValueError(f'fused_conv: unsupported activation {act!r}; '
+                         f'supported: {sorted(_ACTIVATIONS)}')
     padding, stride = _pair2(padding), _pair2(stride)
     if _use_onednn(x, weight):
-        return _POINTWISE(x, weight, bias, padding, stride, [1, 1], groups,
-                          'gelu' if gelu else 'none', [], 'none' if gelu else '')
+        attr, algorithm, _ = _ACTIVATIONS[act] if act else ('none', '', None)
+        return _POINTWISE(x, weight, bias, padding, stride, [1, 1], groups, attr, [], algorithm)
     out = F.conv2d(x, weight, bias, stride, padding, 1, groups)
-    return F.gelu(out) if gelu else out
+    return _ACTIVATIONS[act][2](out) if act else out
+
+
+def activation_name(module: nn.Module) -> Optional[str]:
+    """The :func:`fused_conv` name of an activation module (``nn.GELU()``, ``nn.ReLU``), or
+    ``None`` if it cannot be fused (e.g. tanh-approximated GELU)."""
+    if isinstance(module, nn.GELU) and module.approximate == 'none':
+        return 'gelu'
+    if isinstance(module, nn.ReLU):
+        return 'relu'
+    return None
 
 
 def fused_conv_add(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -170,8 +197,31 @@ def fold_channel_affine(weight: torch.Tensor, bias: Optional[torch.Tensor], scal
 
 
 @torch.no_grad()
-def fold_output_scale(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor):
-    """Fold ``gamma * conv(x)`` (layer scale on a conv's output channels) into the conv."""
+def fold_output_scale(weight: torch.Tensor, bias: Optional[torch.Tensor], gamma: torch.Tensor,
+                      shift: Optional[torch.Tensor] = None):
+    """Fold ``gamma * conv(x) (+ shift)`` per output channel into the conv: layer scale on a
+    conv's output, or a BatchNorm after it (``gamma, shift = bn_affine(bn)``). Returns ``(W', b')``
+    (``b'`` is ``None`` only when there is neither a bias nor a shift)."""
     w = weight * gamma.view(-1, 1, 1, 1)
     b = None if bias is None else bias * gamma
+    if shift is not None:
+        b = shift.clone() if b is None else b + shift
     return w.contiguous(), b
+
+
+@torch.no_grad()
+def bn_affine(bn: nn.Module):
+    """An eval-mode BatchNorm as a per-channel affine ``scale * x + shift``: returns
+    ``(scale, shift)``. Needs running statistics (``track_running_stats=True``)."""
+    if not isinstance(bn, _BatchNorm):
+        raise TypeError(f'expected a BatchNorm layer to fold, got {type(bn).__name__}')
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f'{type(bn).__name__} has no running statistics '
+                         '(track_running_stats=False): it cannot be folded for inference')
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = -bn.running_mean * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias
+    return scale, shift

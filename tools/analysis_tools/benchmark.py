@@ -160,8 +160,9 @@ class Runner:
                 raise ValueError(f'--one-step-grad: {name} has no NMF with a one_step_grad switch')
             for m in nmfs:
                 m.one_step_grad = True
-        if args.fuse and hasattr(model, 'switch_to_deploy'):
-            model.switch_to_deploy()
+        if args.fuse:  # every module that offers inference-only fusion (backbone, head, ...)
+            for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
+                module.switch_to_deploy()
         device = torch.device(args.device)
         model = model.to(device)
         if args.channels_last:
@@ -258,7 +259,8 @@ def parse_args(argv=None):
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile every model')
     p.add_argument('--fuse', action='store_true',
-                   help="call the model's switch_to_deploy() (inference-only fusions) if it has one")
+                   help="call switch_to_deploy() (inference-only fusions) on every module that has "
+                   'one (the mmseg/mmpretrain baselines have none)')
     p.add_argument('--with-cp', action='store_true',
                    help='turn on activation checkpointing (with_cp) in every module that has it')
     p.add_argument('--one-step-grad', action='store_true',

@@ -27,9 +27,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmc2f.registry import MODELS
 from mmc2f.utils.checkpoint import load_pretrained_weights
-from ..layers import (DropPath, LayerNorm2d, channel_norm, drop_path_rates, fold_channel_affine,
-                      fold_output_scale, fused_conv, fused_conv_add, fused_conv_mul,
-                      init_layer_scale, layer_scale)
+from ..layers import (DropPath, LayerNorm2d, bn_affine, channel_norm, drop_path_rates,
+                      fold_channel_affine, fold_output_scale, fused_conv, fused_conv_add,
+                      fused_conv_mul, init_layer_scale, layer_scale)
 
 __all__ = ['ConvMod', 'MLP', 'Block', 'Conv2Former', 'Conv2FormerIsotropic']
 
@@ -470,9 +470,7 @@ class Conv2Former(_CheckedPretrained, BaseModule):
             for block in stage:
                 block.fuse()
         stem = self.downsample_layers[0]
-        bn = stem[5]
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        shift = bn.bias - bn.running_mean * scale
+        scale, shift = bn_affine(stem[5])
         # BN5 feeds the unpadded 2x2 stride-2 conv: exact to fold. (BN2 feeds a padded conv and
         # stays: folding its shift would change the zero padding.)
         weight, bias = fold_channel_affine(stem[6].weight, stem[6].bias, scale, shift)

@@ -30,7 +30,9 @@ from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init
 
 from mmc2f.registry import MODELS
-from ..layers import DropPath, LayerNorm2d, drop_path_rates, init_layer_scale, layer_scale
+from ..layers import (DropPath, LayerNorm2d, activation_name, bn_affine, drop_path_rates,
+                      fold_channel_affine, fold_output_scale, fused_conv, fused_conv_add,
+                      fused_conv_mul, init_layer_scale, layer_scale)
 
 __all__ = ['MSCA', 'SpatialAttention', 'Mlp', 'MSCABlock', 'StemConv', 'OverlapPatchEmbed', 'MSCAN']
 
@@ -167,9 +169,82 @@ class MSCABlock(nn.Module):
         self.layer_scale_2 = init_layer_scale(channels, layer_scale_init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deployed and not self.training:
+            return self.forward_fused(x)
         x = x + self.drop_path(layer_scale(self.attn(self.norm1(x)), self.layer_scale_1))
         x = x + self.drop_path(layer_scale(self.mlp(self.norm2(x)), self.layer_scale_2))
         return x
+
+    # ---------------------------------------------------------------- inference-only fusion
+    deployed = False
+
+    @torch.no_grad()
+    def fuse(self) -> None:
+        """Precompute the weights of :meth:`forward_fused` (parameters and state dict untouched).
+
+        With ``BN1(x) = s1 x + t1`` and ``BN2(x) = s2 x + t2`` (running statistics):
+
+        * ``BN1`` is folded into ``proj_1`` and ``BN2`` into ``fc1`` (both 1x1: exact);
+        * ``ls1`` into ``proj_2`` and ``ls2`` into ``fc2``;
+        * the attention branch's own shortcut ``+ BN1(x)`` joins the block's: ``x + ls1 (P + s1 x
+          + t1) = ls1 P + ((1 + ls1 s1) x + ls1 t1)``, one per-channel affine of ``x``.
+
+        Stored as non-persistent buffers; call again after changing the weights.
+        """
+        attn, mlp = self.attn, self.mlp
+        s1, t1 = bn_affine(self.norm1)
+        s2, t2 = bn_affine(self.norm2)
+        ls1, ls2 = self.layer_scale_1, self.layer_scale_2
+        for module in (attn.activation, mlp.act):
+            if activation_name(module) is None:
+                raise NotImplementedError(f'MSCABlock.fuse: cannot fuse the activation {module}; '
+                                          'supported: nn.GELU(), nn.ReLU')
+        folded = {
+            'proj_1': fold_channel_affine(attn.proj_1.weight, attn.proj_1.bias, s1, t1),
+            'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1),
+            'fc1': fold_channel_affine(mlp.fc1.weight, mlp.fc1.bias, s2, t2),
+            'fc2': fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, ls2),
+            'shortcut': ((1 + ls1 * s1).view(1, -1, 1, 1), (ls1 * t1).view(1, -1, 1, 1)),
+        }
+        for name, (weight, bias) in folded.items():
+            self.register_buffer(f'fused_{name}_weight', weight.detach().clone(), persistent=False)
+            self.register_buffer(f'fused_{name}_bias', bias.detach().clone(), persistent=False)
+        self.deployed = True
+
+    def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The block for inference with the weights of :meth:`fuse` (``'`` = folded)::
+
+            u = Act(proj_1' x);  A = conv0(u);  S = A + sum_i conv_i2(conv_i1(A))
+            x = proj_2'(conv3(S) * u) + ((1 + ls1 s1) x + ls1 t1)
+            x = fc2'(Act(DW3(fc1' x))) + x
+
+        Each ``Act(conv)``, ``conv + y`` and ``conv * u`` is one kernel on CPU (oneDNN post-ops).
+        Equal to :meth:`forward` in eval mode up to float rounding.
+        """
+        attn, msca, mlp = self.attn, self.attn.spatial_gating_unit, self.mlp
+        u = fused_conv(x, self.fused_proj_1_weight, self.fused_proj_1_bias,
+                       act=activation_name(attn.activation))
+        a = _conv(msca.conv0, u)
+        s = a
+        for i in range(msca.num_branches):
+            strip = _conv(getattr(msca, f'conv{i}_1'), a)
+            s = _conv(getattr(msca, f'conv{i}_2'), strip, add=s)
+        z = fused_conv_mul(s, msca.conv3.weight, msca.conv3.bias, u)
+        shortcut = torch.addcmul(self.fused_shortcut_bias, x, self.fused_shortcut_weight)
+        x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias, shortcut)
+        h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
+        h = _conv(mlp.dwconv, h, act=activation_name(mlp.act))
+        return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
+
+
+def _conv(conv: nn.Conv2d, x: torch.Tensor, act: Optional[str] = None,
+          add: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv(x)`` (stride 1) through the fused kernels, with an activation or an added tensor."""
+    if add is not None:
+        return fused_conv_add(x, conv.weight, conv.bias, add, padding=conv.padding,
+                              groups=conv.groups)
+    return fused_conv(x, conv.weight, conv.bias, padding=conv.padding, stride=conv.stride,
+                      groups=conv.groups, act=act)
 
 
 class StemConv(nn.Module):
@@ -399,11 +474,64 @@ class MSCAN(BaseModule):
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f'MSCAN expects input of shape (B, {self.in_channels}, H, W), got '
                              f'{tuple(x.shape)}')
+        fused = self.deployed and not self.training
+        if fused:
+            # NHWC memory: oneDNN's depthwise (strip) kernels are several times faster in it.
+            x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
-            x = getattr(self, f'patch_embed{i + 1}')(x)
+            embed = getattr(self, f'patch_embed{i + 1}')
+            x = self._embed_fused(i, x) if fused else embed(x)
             for block in getattr(self, f'block{i + 1}'):
                 x = block(x)
-            x = getattr(self, f'norm{i + 1}')(x).contiguous()
-            outs.append(x)
+            x = getattr(self, f'norm{i + 1}')(x)
+            # Outputs in plain NCHW memory (heads and mmcv ops expect it); the fused path keeps
+            # NHWC for the next stage.
+            outs.append(x.contiguous())
+            if not fused:
+                x = outs[-1]
         return tuple(outs)
+
+    # ---------------------------------------------------------------- inference-only fusion
+    deployed = False
+
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'MSCAN':
+        """Switch inference (eval mode) to fused kernels in NHWC memory; training is unaffected.
+
+        Every BatchNorm is folded into the convolution before it (embeddings) or after it (the
+        blocks' 1x1 convs), layer scales into the output convs, and each convolution runs with its
+        activation, residual add or attention product in one kernel (oneDNN post-ops on CPU; the
+        same ops unfused on other devices, in half precision or in ONNX export). Parameters, the
+        state dict and the train-mode graph are unchanged: ``train()`` runs the original modules,
+        ``eval()`` the fused ones, whose outputs equal the unfused model's up to float rounding.
+        Call it after loading weights (and again after changing them). Returns ``self``.
+        """
+        for i in range(self.num_stages):
+            embed = getattr(self, f'patch_embed{i + 1}')
+            convs = ([(embed.proj[0], embed.proj[1]), (embed.proj[3], embed.proj[4])]
+                     if i == 0 else [(embed.proj, embed.norm)])
+            for j, (conv, bn) in enumerate(convs):
+                weight, bias = fold_output_scale(conv.weight, conv.bias, *bn_affine(bn))
+                self.register_buffer(f'fused_embed{i + 1}_{j}_weight', weight, persistent=False)
+                self.register_buffer(f'fused_embed{i + 1}_{j}_bias', bias, persistent=False)
+            if i == 0 and activation_name(embed.proj[2]) is None:
+                raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem '
+                                          f'activation {embed.proj[2]}')
+            for block in getattr(self, f'block{i + 1}'):
+                block.fuse()
+        self.deployed = True
+        return self
+
+    def _embed_fused(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        embed = getattr(self, f'patch_embed{i + 1}')
+
+        def conv(j, module, x, act=None):
+            return fused_conv(x, getattr(self, f'fused_embed{i + 1}_{j}_weight'),
+                              getattr(self, f'fused_embed{i + 1}_{j}_bias'),
+                              padding=module.padding, stride=module.stride, act=act)
+
+        if i == 0:
+            x = conv(0, embed.proj[0], x, act=activation_name(embed.proj[2]))
+            return conv(1, embed.proj[3], x)
+        return conv(0, embed.proj, x)

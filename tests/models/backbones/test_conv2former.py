@@ -393,49 +393,21 @@ def test_isotropic_size_matches_paper(arch, dims, backbone_m, backbone_g, target
 
 
 # ------------------------------------------------------------------ inference-only fused path
-def _randomised(model):
-    """Non-trivial BN statistics, norm affines and layer scales, so every fold is exercised."""
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for mod in model.modules():
-            if isinstance(mod, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)):
-                mod.weight.copy_(torch.rand(mod.weight.shape, generator=g) + 0.5)
-                mod.bias.copy_(torch.rand(mod.bias.shape, generator=g) - 0.5)
-            if isinstance(mod, torch.nn.BatchNorm2d):
-                mod.running_mean.copy_(torch.rand(mod.running_mean.shape, generator=g) - 0.5)
-                mod.running_var.copy_(torch.rand(mod.running_var.shape, generator=g) + 0.5)
-        for name, p in model.named_parameters():
-            if 'layer_scale' in name:
-                p.copy_(torch.rand(p.shape, generator=g) * 0.9 + 0.1)
-    return model
-
-
-def _count_aten_convs(monkeypatch):
-    """Record the weight shape of every ``F.conv2d`` call from now on."""
-    calls, conv2d = [], torch.nn.functional.conv2d
-
-    def counting(x, weight, *args, **kwargs):
-        calls.append(tuple(weight.shape))
-        return conv2d(x, weight, *args, **kwargs)
-
-    monkeypatch.setattr(torch.nn.functional, 'conv2d', counting)
-    return calls
-
-
 @pytest.mark.parametrize('onednn', [True, False])
-def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch):
+def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch, randomised,
+                                               count_aten_convs):
     import copy
 
     from mmc2f.models import layers
     if not onednn:  # the portable path used on CUDA / half precision / export
         monkeypatch.setattr(layers, '_POINTWISE', None)
-    model = _randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 2, 2, 1]),
+    model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 2, 2, 1]),
                                     kernel_size=7, drop_path_rate=0.1)).eval()
     fused = copy.deepcopy(model).switch_to_deploy().eval()
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         ref = model(x)
-        aten_convs = _count_aten_convs(monkeypatch)
+        aten_convs = count_aten_convs()
         out = fused(x)
     if onednn:
         # Every convolution of the fused model runs as a oneDNN kernel with its post-ops (the
@@ -451,9 +423,9 @@ def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch):
     assert list(fused.state_dict()) == list(model.state_dict())
 
 
-def test_switch_to_deploy_keeps_training_graph():
+def test_switch_to_deploy_keeps_training_graph(randomised):
     import copy
-    model = _randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
+    model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
                                     kernel_size=5))
     fused = copy.deepcopy(model).switch_to_deploy()
     x = torch.randn(2, 3, 64, 64)
