@@ -16,6 +16,7 @@ import mmc2f.registry  # noqa: F401,E402  isort:skip
 from mmengine.config import Config, DictAction  # noqa: E402
 
 from mmc2f.utils import tools  # noqa: E402
+from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -66,6 +67,7 @@ def build_cfg(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    tune_cpu_allocator()  # reuse freed CPU memory (MMC2F_MALLOC_TUNING=0: off)
     try:
         cfg = build_cfg(args)
     except tools.ToolError as err:

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
 
 SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 
@@ -280,6 +281,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    malloc_tuned = tune_cpu_allocator()  # reuse freed CPU memory (MMC2F_MALLOC_TUNING=0: off)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -303,7 +305,8 @@ def main(argv=None):
     print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | '
           f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
           f'with_cp={args.with_cp} one_step_grad={args.one_step_grad} | '
-          f'{args.repeat} interleaved rounds x {args.iters} steps')
+          f'{args.repeat} interleaved rounds x {args.iters} steps | '
+          f'malloc tuning {"on" if malloc_tuned else "off"} (all models)')
     header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + (baseline or "-"):>28}'
     if args.memory:
         header += f'{"memory MiB":>14}'

@@ -27,9 +27,10 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmc2f.registry import MODELS
 from mmc2f.utils.checkpoint import load_pretrained_weights
-from ..layers import (DropPath, LayerNorm2d, bn_affine, channel_norm, drop_path_rates,
-                      fold_channel_affine, fold_output_scale, fused_conv, fused_conv_add,
-                      fused_conv_mul, init_layer_scale, layer_scale)
+from ..layers import (DropPath, LayerNorm2d, bn_affine, channel_norm, depthwise_conv,
+                      drop_path_rates, fold_channel_affine, fold_output_scale, fused_conv,
+                      fused_conv_add, fused_conv_mul, init_layer_scale, layer_scale,
+                      pointwise_conv)
 
 __all__ = ['ConvMod', 'MLP', 'Block', 'Conv2Former', 'Conv2FormerIsotropic']
 
@@ -107,10 +108,14 @@ class ConvMod(nn.Module):
         self.proj = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.norm(x)
-        a = self.att(x)  # A = DWConv(GELU(W1 X))
-        v = self.v(x)  # V = W2 X
-        return self.proj(a * v)  # W3 (A ⊙ V)
+        # 1x1 convs as matrix products over channels on NHWC views (free for channels_last
+        # input, which Conv2Former feeds), so activations and gradients keep one memory format.
+        n = self.norm(x).permute(0, 2, 3, 1)  # X, (B, H, W, C)
+        a = self.att[1](pointwise_conv(n, self.att[0]))  # GELU(W1 X)
+        # A = DWConv(.), with a faster CPU backward in training
+        a = depthwise_conv(a.permute(0, 3, 1, 2), self.att[2]).permute(0, 2, 3, 1)
+        v = pointwise_conv(n, self.v)  # V = W2 X
+        return pointwise_conv(a * v, self.proj).permute(0, 3, 1, 2)  # W3 (A ⊙ V)
 
 
 class MLP(nn.Module):
@@ -135,9 +140,11 @@ class MLP(nn.Module):
         self.act = nn.GELU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self.fc1(self.norm(x)))
-        x = x + self.act(self.pos(x))
-        return self.fc2(x)
+        # 1x1 convs on NHWC views, as in ConvMod; the 3x3 depthwise conv on channels_last memory.
+        h = self.act(pointwise_conv(self.norm(x).permute(0, 2, 3, 1), self.fc1))
+        h = h.permute(0, 3, 1, 2)
+        h = h + self.act(self.pos(h))
+        return pointwise_conv(h.permute(0, 2, 3, 1), self.fc2).permute(0, 3, 1, 2)
 
 
 class Block(nn.Module):
@@ -438,9 +445,9 @@ class Conv2Former(_CheckedPretrained, BaseModule):
         """``(B, in_channels, H, W)`` -> tuple of ``(B, dims[i], H_i, W_i)`` for ``out_indices``."""
         _check_input(x, self.in_channels, self.min_input_size, type(self).__name__)
         fused = self.deployed and not self.training
-        if fused:
-            # NHWC memory: the layout the fused kernels (and LayerNorm over channels) want.
-            x = x.contiguous(memory_format=torch.channels_last)
+        # NHWC (channels_last) memory throughout: the layout of LayerNorm over channels, of the
+        # blocks' 1x1 convs as matrix products, of fast depthwise kernels and of the fused path.
+        x = x.contiguous(memory_format=torch.channels_last)
         outs = []
         for i in range(self.num_stages):
             x = self._downsample_fused(i, x) if fused else self.downsample_layers[i](x)
@@ -696,7 +703,7 @@ class Conv2FormerIsotropic(_CheckedPretrained, BaseModule):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor]:
         """``(B, in_channels, H, W)`` -> ``((B, D, H/16, W/16),)``."""
         _check_input(x, self.in_channels, self.min_input_size, type(self).__name__)
-        x = self.patch_embed(x)
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # NHWC, as above
         x = _run_blocks(self.blocks, x, self.with_cp)
         if self.final_norm:
             x = self.norm(x)

@@ -278,6 +278,35 @@ def test_numerically_equivalent_to_authors_model(arch):
         assert not torch.allclose(ours(x)[-1], expected[-1], rtol=1e-4, atol=1e-4)
 
 
+def test_training_gradients_equal_authors_model():
+    """Train mode (NHWC matrix-product 1x1 convs, the large-kernel depthwise backward of
+    mmc2f.models.layers): outputs and every parameter's and the input's gradient as the authors'
+    model computes them."""
+    ref_mod = load_reference()
+    spec = (SMALL['dims'], SMALL['depths'], SMALL['kernel_size'])
+    reference = ref_mod.randomize_(ref_mod.build_reference(spec)).train()
+    ours = Conv2Former(dict(dims=spec[0], depths=spec[1], kernel_size=spec[2])).train()
+    weights = {k: v for k, v in reference.state_dict().items()
+               if not k.startswith(('head.', 'pred.'))}
+    load_state_dict_checked(ours, weights, strict=True)
+    x = torch.randn(2, 3, 64, 96)
+    results = []
+    for model, fwd in ((reference, reference.forward_features), (ours, ours)):
+        xi = x.clone().requires_grad_()
+        outs = fwd(xi)
+        sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
+        results.append((outs, xi.grad, {n: p.grad for n, p in model.named_parameters()
+                                        if p.grad is not None}))
+    (exp, exp_gx, exp_grads), (got, got_gx, got_grads) = results
+    for e, g in zip(exp, got):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got_gx, exp_gx, rtol=1e-4, atol=1e-5)
+    assert set(got_grads) == set(exp_grads) and len(got_grads) > 20
+    for name, grad in exp_grads.items():
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert ((got_grads[name] - grad).abs().max() / scale).item() < 1e-4, name
+
+
 # --------------------------------------------------------------------------------------------
 # layer-wise lr decay ids
 

@@ -1,0 +1,95 @@
+"""Shared layers: the training kernels (1x1 conv as a matrix product, large-kernel depthwise conv
+backward) and the inference folds/fused kernels against plain PyTorch."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from mmc2f.models import layers
+
+
+@pytest.mark.parametrize('kernel,padding,hw,channels_last', [
+    ((11, 11), (5, 5), (14, 14), False),
+    ((11, 11), (5, 5), (9, 23), True),  # maps smaller than the kernel, NHWC memory
+    ((7, 3), (3, 1), (12, 10), False),  # non-square kernel
+    ((1, 21), (0, 10), (6, 30), True),  # a strip, as MSCAN's
+    ((5, 5), (0, 1), (11, 13), False),  # padding other than "same": smaller output
+    ((3, 3), (1, 1), (1, 1), False),
+])
+def test_large_kernel_depthwise_conv_matches_aten(kernel, padding, hw, channels_last):
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 6, kernel, padding=padding, groups=6)
+    x = torch.randn(3, 6, *hw)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    results = []
+    for fn in (conv, lambda t: layers.depthwise_conv(t, conv)):
+        xi = x.clone().requires_grad_()
+        conv.zero_grad()
+        y = fn(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        results.append((y.detach(), xi.grad, conv.weight.grad.clone(), conv.bias.grad.clone()))
+    for ref, got in zip(*results):
+        assert got.shape == ref.shape
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_large_kernel_depthwise_conv_is_used_and_gradcheck():
+    conv = nn.Conv2d(3, 3, 5, padding=2, groups=3)
+    x = torch.randn(2, 3, 7, 6, requires_grad=True)
+    y = layers.depthwise_conv(x, conv)
+    assert type(y.grad_fn).__name__ == '_LargeKernelDepthwiseConvBackward'
+    with torch.no_grad():  # inference: the plain module
+        assert layers.depthwise_conv(x, conv).grad_fn is None
+    # exact derivatives in float64
+    fn = layers._LargeKernelDepthwiseConv.apply
+    args = (torch.randn(2, 3, 6, 5, dtype=torch.double, requires_grad=True),
+            torch.randn(3, 1, 3, 5, dtype=torch.double, requires_grad=True),
+            torch.randn(3, dtype=torch.double, requires_grad=True), (1, 2))
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_pointwise_conv_is_the_conv_on_nhwc():
+    conv = nn.Conv2d(8, 5, 1)
+    x = torch.randn(2, 8, 6, 7).contiguous(memory_format=torch.channels_last)
+    got = layers.pointwise_conv(x.permute(0, 2, 3, 1), conv).permute(0, 3, 1, 2)
+    torch.testing.assert_close(got, conv(x), rtol=1e-5, atol=1e-6)
+    got.sum().backward()
+    assert conv.weight.grad.shape == conv.weight.shape  # gradients reach the conv's parameters
+
+
+@pytest.mark.parametrize('binary', ['add', 'mul'])
+@pytest.mark.parametrize('onednn', [True, False])
+def test_fused_conv_binary_and_activations(binary, onednn, monkeypatch):
+    if not onednn:
+        monkeypatch.setattr(layers, '_POINTWISE', None)
+    else:
+        assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, 9, 11).contiguous(memory_format=torch.channels_last)
+    other = torch.randn(2, 6, 9, 11).contiguous(memory_format=torch.channels_last)
+    w, b = torch.randn(6, 1, 3, 5), torch.randn(6)
+    ref = F.conv2d(x, w, b, padding=(1, 2), groups=6)
+    with torch.no_grad():
+        got = layers.fused_conv_binary(x, w, b, other, binary, padding=(1, 2), groups=6)
+        torch.testing.assert_close(got, ref + other if binary == 'add' else ref * other)
+        for act, fn in (('gelu', F.gelu), ('relu', F.relu)):
+            got = layers.fused_conv(x, w, b, padding=(1, 2), groups=6, act=act)
+            torch.testing.assert_close(got, fn(ref))
+    with pytest.raises(ValueError, match='unsupported activation'):
+        layers.fused_conv(x, w, b, act='tanh')
+
+
+def test_bn_affine_and_folds():
+    bn = nn.BatchNorm2d(4).eval()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1)
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    x = torch.randn(2, 3, 8, 8)
+    w, b = layers.fold_output_scale(conv.weight, conv.bias, *layers.bn_affine(bn))
+    torch.testing.assert_close(F.conv2d(x, w, b, padding=1), bn(conv(x)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(TypeError, match='BatchNorm'):
+        layers.bn_affine(nn.GroupNorm(2, 4))
+    with pytest.raises(ValueError, match='running statistics'):
+        layers.bn_affine(nn.BatchNorm2d(4, track_running_stats=False))
