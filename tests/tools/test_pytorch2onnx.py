@@ -116,14 +116,17 @@ def _op_types(path):
     return {n.op_type for n in onnx.load(path).graph.node}
 
 
-def test_segnext_dynamic_export_matches_pytorch(tool, files, capsys):
+@pytest.mark.parametrize('deploy', [False, True])
+def test_segnext_dynamic_export_matches_pytorch(tool, files, capsys, deploy):
     from mmc2f.apis import init_model
     cfg, ckpt = files['seg']
-    out = str(files['tmp'] / 'seg_dyn.onnx')
+    out = str(files['tmp'] / f'seg_dyn_{deploy}.onnx')
     rc = tool.main([cfg, ckpt, '--output-file', out, '--shape', '64', '64', '--batch', '2',
-                    '--dynamic-export', '--verify'])
+                    '--dynamic-export', '--verify'] + (['--deploy'] if deploy else []))
     text = capsys.readouterr().out
     assert rc == 0, text
+    # --deploy: MSCAN's folded BatchNorms / layer scales, exported with standard ONNX ops
+    assert ('switch_to_deploy() on backbone' in text) == deploy
     assert 'exported with eval_seed=0' in text  # the config has none: forced and reported
     assert 'verify: OK' in text
     assert 'RandomUniform' not in _op_types(out) and 'RandomUniformLike' not in _op_types(out)

@@ -7,15 +7,20 @@ Examples::
     python tools/analysis_tools/benchmark.py conv2former-t
     # training step, bf16 autocast, channels_last
     python tools/analysis_tools/benchmark.py conv2former-t --mode train --dtype bf16 --channels-last
-    # SegNeXt-T (mmc2f) vs mmseg 1.2.2's SegNeXt-T at 1024x2048
-    python tools/analysis_tools/benchmark.py segnext-t --input-size 1024 2048 --batch-size 1
+    # Conv2Former-T with its inference-only fused kernels (switch_to_deploy)
+    python tools/analysis_tools/benchmark.py conv2former-t --fuse
+    # SegNeXt-T (mmc2f, fused) vs mmseg 1.2.2's SegNeXt-T, batch 1, at 512x512 and 1024x2048
+    python tools/analysis_tools/benchmark.py segnext-t --fuse
+    python tools/analysis_tools/benchmark.py segnext-t --fuse --input-size 1024 2048
     # any config's model (its ``model`` dict), against a preset
     python tools/analysis_tools/benchmark.py configs/segnext/xxx.py --baseline mmseg-segnext-t
 
 Method: every model is built, moved to the device / memory format, and warmed up; then ``--repeat``
 rounds run the models in turn (interleaved), each timing ``--iters`` steps. Per round the candidate's
 throughput is divided by the baseline's; the median of those ratios and their spread (min..max) are
-printed with the median throughputs. ``--csv`` appends one row per candidate.
+printed with the median throughputs. ``--csv`` appends one row per candidate. Defaults: batch 8 at
+224x224, or batch 1 at 512x512 for segmentation models. On CPU the glibc allocator is set to reuse
+freed memory (:mod:`mmc2f.utils.cpu_allocator`, for every model in the process alike).
 
 Memory: on CUDA the peak allocated memory of one step (``torch.cuda.max_memory_allocated``). On CPU,
 where PyTorch has no allocator statistics, the bytes of tensors autograd saves for backward during a
@@ -254,8 +259,10 @@ def parse_args(argv=None):
     p.add_argument('--baseline', help='preset/config to compare against (default: per family, '
                    'convnext-<size> for conv2former, mmseg-segnext-<size> for segnext; "none" to skip)')
     p.add_argument('--mode', choices=['infer', 'train'], default='infer')
-    p.add_argument('--batch-size', type=int, default=8)
-    p.add_argument('--input-size', type=int, nargs='+', default=[224, 224], help='H [W]')
+    p.add_argument('--batch-size', type=int, default=None,
+                   help='default: 1 for segmentation models, 8 otherwise')
+    p.add_argument('--input-size', type=int, nargs='+', default=None,
+                   help='H [W]; default: 512 for segmentation models, 224 otherwise')
     p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile every model')
@@ -274,9 +281,22 @@ def parse_args(argv=None):
     p.add_argument('--memory', action='store_true', help='also report memory (see the doc)')
     p.add_argument('--csv', help='append results to this CSV file')
     args = p.parse_args(argv)
+    seg = is_segmentation(args.models[0])
+    if args.batch_size is None:
+        args.batch_size = 1 if seg else 8
+    if args.input_size is None:
+        args.input_size = [512] if seg else [224]
     if len(args.input_size) == 1:
         args.input_size = args.input_size * 2
     return args
+
+
+def is_segmentation(name):
+    """Whether a preset name or config file is a segmentor (for the default batch/input size)."""
+    if name.endswith('.py'):
+        from mmengine.config import Config
+        return str(Config.fromfile(name).model.get('type', '')).endswith('EncoderDecoder')
+    return name.rpartition('-')[0] in ('segnext', 'mmseg-segnext')
 
 
 def main(argv=None):

@@ -35,8 +35,8 @@ The exporter is torch's TorchScript-based one (``dynamo=False``): the dynamo exp
 needs the ``onnxscript`` package, and the TorchScript tracer handles these models (no data-dependent
 control flow) with dynamic shapes.
 
-``--deploy`` exports Conv2Former after ``switch_to_deploy()`` (folded norms / layer scales; the
-exported graph uses ordinary ONNX convolutions). ``--verify`` runs the ONNX model with onnxruntime
+``--deploy`` exports Conv2Former / MSCAN after ``switch_to_deploy()`` (folded norms / layer
+scales; the exported graph uses ordinary ONNX convolutions). ``--verify`` runs the ONNX model with onnxruntime
 and compares with PyTorch on random inputs at the export shape (and, with ``--dynamic-export``, at a
 second batch size and spatial size); it prints the max absolute difference and fails above 1e-4.
 """
