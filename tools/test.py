@@ -17,6 +17,10 @@ import argparse
 import os
 import sys
 
+# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
+if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
+    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
 # Before anything loads a checkpoint: safe weights_only loading of runner checkpoints.
 import mmc2f.registry  # noqa: F401,E402  isort:skip
 from mmengine.config import Config, DictAction  # noqa: E402
@@ -41,8 +45,8 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
     parser.add_argument('--deploy', action='store_true',
-                        help="evaluate with mmc2f's inference-only fused kernels "
-                        '(switch_to_deploy of Conv2Former / MSCAN; same predictions, faster on CPU)')
+                        help="evaluate with mmc2f's inference-only fused kernels (switch_to_deploy "
+                        'of Conv2Former / MSCAN; same predictions, faster on CPU)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, key=value pairs; no white space in a pair')

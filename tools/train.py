@@ -11,6 +11,10 @@ import argparse
 import os
 import sys
 
+# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
+if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
+    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
 # Before anything loads a checkpoint: safe weights_only loading of runner checkpoints.
 import mmc2f.registry  # noqa: F401,E402  isort:skip
 from mmengine.config import Config, DictAction  # noqa: E402

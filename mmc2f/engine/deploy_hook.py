@@ -38,8 +38,8 @@ class SwitchToDeployHook(Hook):
     def _switch(self, runner) -> None:
         switched = switch_to_deploy(runner.model)
         if not self._logged:
-            runner.logger.info('SwitchToDeployHook: inference-only fused kernels in '
-                               f'{", ".join(switched) if switched else "no module (none has them)"}')
+            where = ', '.join(switched) if switched else 'no module (none has them)'
+            runner.logger.info(f'SwitchToDeployHook: inference-only fused kernels in {where}')
             self._logged = True
 
     # Priority LOW: after EMAHook (NORMAL) has swapped the averaged weights in.

@@ -36,8 +36,12 @@ import sys
 import time
 from datetime import datetime
 
-import torch
-import torch.nn as nn
+# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
+if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
+    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
@@ -46,17 +50,22 @@ SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 
 
 class SegmentorTensor(nn.Module):
-    """A segmentor's inference as mmseg's ``encode_decode``: backbone, decode head, and the bilinear
-    resize of the logits to the input size; no data pre-processing and no argmax."""
+    """A segmentor's inference: mmseg's ``encode_decode`` (backbone, decode head and the head's
+    ``predict_by_feat``, which resizes the logits to the input size), without data
+    pre-processing and argmax. In train mode: the logits of ``mode='tensor'`` resized bilinearly."""
 
     def __init__(self, segmentor):
         super().__init__()
         self.segmentor = segmentor
 
     def forward(self, x):
-        logits = self.segmentor(x, mode='tensor')
-        return nn.functional.interpolate(logits, size=x.shape[2:], mode='bilinear',
-                                         align_corners=False)
+        if self.training:  # the logits resized to the labels' size, as mmseg's loss does
+            logits = self.segmentor(x, mode='tensor')
+            return nn.functional.interpolate(logits, size=x.shape[2:], mode='bilinear',
+                                             align_corners=False)
+        h, w = x.shape[2:]
+        metas = [dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w))] * x.shape[0]
+        return self.segmentor.encode_decode(x, metas)
 
 
 def _segnext(size, backbone_type, head_type, num_classes=150):
@@ -326,7 +335,8 @@ def main(argv=None):
           f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
           f'with_cp={args.with_cp} one_step_grad={args.one_step_grad} | '
           f'{args.repeat} interleaved rounds x {args.iters} steps | '
-          f'malloc tuning {"on" if malloc_tuned else "off"} (all models)')
+          f'malloc tuning {"on" if malloc_tuned else "off"}, huge pages '
+          f'{"on" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "off"} (all models)')
     header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + (baseline or "-"):>28}'
     if args.memory:
         header += f'{"memory MiB":>14}'

@@ -18,6 +18,7 @@ from mmseg.models.utils import resize
 
 from mmc2f.registry import MODELS
 from .nmf import NMF2D, normalize_ham_kwargs
+from .resize import resize_bilinear
 
 __all__ = ['Hamburger', 'LightHamHead']
 
@@ -89,3 +90,16 @@ class LightHamHead(BaseDecodeHead):
         x = self.squeeze(torch.cat(feats, dim=1))
         x = self.hamburger(x)
         return self.cls_seg(self.align(x))
+
+    def predict_by_feat(self, seg_logits: torch.Tensor, batch_img_metas) -> torch.Tensor:
+        """The logits resized to the (padded) input size, as mmseg's ``predict_by_feat``; integer
+        factors (stride 8 to the input) take :func:`resize_bilinear`'s faster path (same values
+        up to float rounding)."""
+        meta = batch_img_metas[0]
+        if isinstance(meta['img_shape'], torch.Size):  # slide inference
+            size = meta['img_shape']
+        elif 'pad_shape' in meta:
+            size = meta['pad_shape'][:2]
+        else:
+            size = meta['img_shape']
+        return resize_bilinear(seg_logits, size, align_corners=self.align_corners)

@@ -101,9 +101,12 @@ def test_registry_no_clash_with_mmseg():
     from mmc2f.registry import MODELS
     assert MODELS.get('LightHamHead') is LightHamHead
     assert MMSEG_MODELS.get('LightHamHead') is MMSegLightHamHead
-    built = MMSEG_MODELS.build(dict(type='mmc2f.LightHamHead', **HEAD))
-    assert isinstance(built, LightHamHead)
-    assert isinstance(MMSEG_MODELS.build(dict(type='LightHamHead', **HEAD)), MMSegLightHamHead)
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmseg'):  # as in an mmseg config
+        built = MMSEG_MODELS.build(dict(type='mmc2f.LightHamHead', **HEAD))
+        assert isinstance(built, LightHamHead)
+        assert isinstance(MMSEG_MODELS.build(dict(type='LightHamHead', **HEAD)),
+                          MMSegLightHamHead)
 
 
 def test_input_transform_fixed():
@@ -180,3 +183,23 @@ def test_hamburger_shapes():
     x = torch.randn(1, 64, 5, 7)
     y = ham.eval()(x)
     assert y.shape == x.shape and (y >= 0).all()
+
+
+@pytest.mark.parametrize('meta', ['pad_shape', 'img_shape', 'slide'])
+def test_predict_equals_mmseg(meta):
+    """predict (forward + predict_by_feat's resize to the input) as mmseg's, for its three ways of
+    giving the size; the resize takes mmc2f's integer-factor path."""
+    ours, ref = _pair()
+    ours.eval(), ref.eval()
+    feats = _feats(b=2)
+    size = (8 * feats[1].shape[2], 8 * feats[1].shape[3])  # stride 8 of the input
+    metas = {'pad_shape': dict(img_shape=(1, 1), pad_shape=size + (3, )),
+             'img_shape': dict(img_shape=size),
+             'slide': dict(img_shape=torch.Size(size))}[meta]
+    results = []
+    for head in (ours, ref):
+        torch.manual_seed(0)  # the same NMF bases
+        with torch.no_grad():
+            results.append(head.predict(feats, [metas] * 2, test_cfg=dict()))
+    assert results[0].shape == (2, 19) + size
+    torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
