@@ -138,6 +138,19 @@ def test_segmentation_overlay(setup):
     assert names and set(names) <= set(META['seg']['classes'])
 
 
+def test_segmentation_deploy_same_label_map(setup):
+    """--deploy (MSCAN's fused kernels) prints the same per-class pixel shares."""
+    cfg, ckpt = setup['seg']
+    shares = []
+    for extra in ([], ['--deploy']):
+        out = osp.join(str(setup['tmp']), f'seg_out{len(extra)}.png')
+        proc = _run([setup['img'], cfg, ckpt, '--out-file', out, '--device', 'cpu'] + extra,
+                    cwd=str(setup['tmp']))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        shares.append(re.findall(r'^  (\w+): ([\d.]+)% of pixels', proc.stdout, flags=re.M))
+    assert shares[0] and shares[0] == shares[1]
+
+
 def test_detection_boxes_and_masks(setup):
     cfg, ckpt = setup['det']
     out = osp.join(str(setup['tmp']), 'det_out.png')

@@ -19,8 +19,10 @@ Method: every model is built, moved to the device / memory format, and warmed up
 rounds run the models in turn (interleaved), each timing ``--iters`` steps. Per round the candidate's
 throughput is divided by the baseline's; the median of those ratios and their spread (min..max) are
 printed with the median throughputs. ``--csv`` appends one row per candidate. Defaults: batch 8 at
-224x224, or batch 1 at 512x512 for segmentation models. On CPU the glibc allocator is set to reuse
-freed memory (:mod:`mmc2f.utils.cpu_allocator`, for every model in the process alike).
+224x224, or batch 1 at 512x512 for segmentation models (the presets with ADE20K's 150 classes, or
+Cityscapes' 19 from 1024x1024 pixels up; ``--num-classes`` overrides). On CPU the allocator is set
+to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.utils.cpu_allocator`), for
+every model in the process alike.
 
 Memory: on CUDA the peak allocated memory of one step (``torch.cuda.max_memory_allocated``). On CPU,
 where PyTorch has no allocator statistics, the bytes of tensors autograd saves for backward during a
@@ -162,7 +164,7 @@ class Runner:
     def __init__(self, name, args):
         self.name = name
         self.args = args
-        model = build(name)
+        model = build(name, args.num_classes)
         if args.with_cp:
             switched = [m for m in model.modules() if hasattr(m, 'with_cp')]
             if not switched:
@@ -272,6 +274,9 @@ def parse_args(argv=None):
                    help='default: 1 for segmentation models, 8 otherwise')
     p.add_argument('--input-size', type=int, nargs='+', default=None,
                    help='H [W]; default: 512 for segmentation models, 224 otherwise')
+    p.add_argument('--num-classes', type=int, default=None,
+                   help='classes of the segmentation presets; default: 19 (Cityscapes) for inputs '
+                   'of 1024x1024 pixels or more, else 150 (ADE20K)')
     p.add_argument('--dtype', choices=['fp32', 'bf16', 'fp16'], default='fp32')
     p.add_argument('--channels-last', action='store_true')
     p.add_argument('--compile', action='store_true', help='torch.compile every model')
@@ -297,6 +302,8 @@ def parse_args(argv=None):
         args.input_size = [512] if seg else [224]
     if len(args.input_size) == 1:
         args.input_size = args.input_size * 2
+    if args.num_classes is None and seg:
+        args.num_classes = 19 if args.input_size[0] * args.input_size[1] >= 1024 * 1024 else 150
     return args
 
 
@@ -331,7 +338,8 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if args.device.startswith('cuda') else \
         f'CPU x{torch.get_num_threads()} threads'
     h, w = args.input_size
-    print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | '
+    classes = f'{args.num_classes} classes | ' if args.num_classes else ''
+    print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | {classes}'
           f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
           f'with_cp={args.with_cp} one_step_grad={args.one_step_grad} | '
           f'{args.repeat} interleaved rounds x {args.iters} steps | '
