@@ -42,3 +42,55 @@ def count_aten_convs(monkeypatch):
         return calls
 
     return start
+
+
+def _check_train_mode_unchanged(model, x):
+    """After ``switch_to_deploy()`` a copy of ``model`` trains exactly like the original: same
+    outputs, parameter gradients and BatchNorm statistics, bit for bit (train mode runs the
+    original modules)."""
+    import copy
+    fused = copy.deepcopy(model).switch_to_deploy()
+    model.train(), fused.train()
+    ref, out = model(x), fused(x)
+    for r, o in zip(ref, out):
+        assert torch.equal(r, o)
+    sum(o.sum() for o in ref).backward()
+    sum(o.sum() for o in out).backward()
+    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
+        assert torch.equal(p.grad, q.grad), name
+    fused_buffers = dict(fused.named_buffers())  # plus the non-persistent fused weights
+    for name, b in model.named_buffers():
+        assert torch.equal(b, fused_buffers[name]), name
+
+
+@pytest.fixture
+def check_train_mode_unchanged():
+    return _check_train_mode_unchanged
+
+
+@pytest.fixture
+def run_deployed(monkeypatch, count_aten_convs):
+    """``fused, outs = run_deployed(model, x, onednn)``: a deployed copy of the eval-mode
+    ``model`` and its outputs under ``no_grad``. With ``onednn`` every convolution must run as a
+    oneDNN kernel (no ATen ``conv2d`` call); without, the portable ATen path (used on CUDA, in
+    half precision and in ONNX export) is forced. The fused weights stay out of the state dict."""
+
+    def run(model, x, onednn):
+        import copy
+
+        from mmc2f.models import layers
+        if not onednn:
+            monkeypatch.setattr(layers, '_POINTWISE', None)
+        fused = copy.deepcopy(model).switch_to_deploy().eval()
+        with torch.no_grad():
+            aten_convs = count_aten_convs()
+            outs = fused(x)
+        if onednn:
+            assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
+            assert aten_convs == [], aten_convs
+        else:
+            assert len(aten_convs) > 0
+        assert list(fused.state_dict()) == list(model.state_dict())
+        return fused, outs
+
+    return run

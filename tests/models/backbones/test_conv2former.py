@@ -425,49 +425,22 @@ def test_isotropic_size_matches_paper(arch, dims, backbone_m, backbone_g, target
 
 # ------------------------------------------------------------------ inference-only fused path
 @pytest.mark.parametrize('onednn', [True, False])
-def test_switch_to_deploy_matches_eval_outputs(onednn, monkeypatch, randomised,
-                                               count_aten_convs):
-    import copy
-
-    from mmc2f.models import layers
-    if not onednn:  # the portable path used on CUDA / half precision / export
-        monkeypatch.setattr(layers, '_POINTWISE', None)
+def test_switch_to_deploy_matches_eval_outputs(onednn, randomised, run_deployed):
     model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 2, 2, 1]),
                                     kernel_size=7, drop_path_rate=0.1)).eval()
-    fused = copy.deepcopy(model).switch_to_deploy().eval()
     x = torch.randn(2, 3, 96, 64)
     with torch.no_grad():
         ref = model(x)
-        aten_convs = count_aten_convs()
-        out = fused(x)
-    if onednn:
-        # Every convolution of the fused model runs as a oneDNN kernel with its post-ops (the
-        # parameters require grad, which must not send them back to ATen under no_grad).
-        assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
-        assert aten_convs == [], aten_convs
-    else:
-        assert len(aten_convs) > 0
+    _, out = run_deployed(model, x, onednn)
     for r, o in zip(ref, out):
         assert o.shape == r.shape
         assert ((o - r).norm() / r.norm()).item() < 1e-5
-    # The fused weights are not part of the checkpoint.
-    assert list(fused.state_dict()) == list(model.state_dict())
 
 
-def test_switch_to_deploy_keeps_training_graph(randomised):
-    import copy
+def test_switch_to_deploy_keeps_training_graph(randomised, check_train_mode_unchanged):
     model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
                                     kernel_size=5))
-    fused = copy.deepcopy(model).switch_to_deploy()
-    x = torch.randn(2, 3, 64, 64)
-    model.train(), fused.train()
-    ref, out = model(x), fused(x)
-    for r, o in zip(ref, out):
-        assert torch.equal(r, o)  # train mode runs the original blocks, bit for bit
-    sum(o.sum() for o in ref).backward()
-    sum(o.sum() for o in out).backward()
-    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        assert torch.equal(p.grad, q.grad), name
+    check_train_mode_unchanged(model, torch.randn(2, 3, 64, 64))
 
 
 def test_pretrained_init_is_strict_and_names_keys(tmp_path):

@@ -173,30 +173,17 @@ def test_outputs_feed_mmpretrain_neck():
 
 # ------------------------------------------------------------------ inference-only fused path
 @pytest.mark.parametrize('onednn', [True, False])
-def test_switch_to_deploy_matches_mmseg(onednn, monkeypatch, randomised, count_aten_convs):
-    import copy
-
-    from mmc2f.models import layers
-    if not onednn:  # the portable path used on CUDA / half precision / export
-        monkeypatch.setattr(layers, '_POINTWISE', None)
+def test_switch_to_deploy_matches_mmseg(onednn, randomised, run_deployed):
     model = randomised(MSCAN(arch='tiny', drop_path_rate=0.1, norm_cfg=BN)).eval()
     ref = _mmseg_for('tiny', drop_path_rate=0.1).eval()
     ref.load_state_dict(model.state_dict())
-    fused = copy.deepcopy(model).switch_to_deploy().eval()
     x = torch.randn(2, 3, 70, 94)
     with torch.no_grad():
         exp = ref(x)
-        aten_convs = count_aten_convs()
-        out = fused(x)
-    if onednn:  # every convolution ran as a oneDNN kernel with its post-ops
-        assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
-        assert aten_convs == [], aten_convs
-    else:
-        assert len(aten_convs) > 0
+    fused, out = run_deployed(model, x, onednn)
     for o, e in zip(out, exp):
         assert o.shape == e.shape and o.is_contiguous()
         assert ((o - e).norm() / e.norm()).item() < 1e-5
-    assert list(fused.state_dict()) == list(model.state_dict())
     # The comparison can fail: the fused weights are computed once, a later change is not seen.
     with torch.no_grad():
         fused.block4[0].layer_scale_2.mul_(3.0)
@@ -204,24 +191,10 @@ def test_switch_to_deploy_matches_mmseg(onednn, monkeypatch, randomised, count_a
         assert ((fused(x)[3] - exp[3]).norm() / exp[3].norm()).item() > 1e-3
 
 
-def test_switch_to_deploy_keeps_training_graph(randomised):
-    import copy
+def test_switch_to_deploy_keeps_training_graph(randomised, check_train_mode_unchanged):
     model = randomised(MSCAN(arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
                              norm_cfg=BN))
-    fused = copy.deepcopy(model).switch_to_deploy()
-    model.train(), fused.train()
-    x = torch.randn(2, 3, 64, 64)
-    ref, out = model(x), fused(x)
-    for r, o in zip(ref, out):
-        assert torch.equal(r, o)  # train mode runs the original modules, bit for bit
-    sum(o.sum() for o in ref).backward()
-    sum(o.sum() for o in out).backward()
-    for (name, p), q in zip(model.named_parameters(), fused.parameters()):
-        assert torch.equal(p.grad, q.grad), name
-    # Running statistics were updated identically.
-    fused_buffers = dict(fused.named_buffers())
-    for name, b in model.named_buffers():
-        assert torch.equal(b, fused_buffers[name]), name
+    check_train_mode_unchanged(model, torch.randn(2, 3, 64, 64))
 
 
 def test_switch_to_deploy_needs_batchnorm():
