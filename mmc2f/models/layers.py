@@ -127,6 +127,13 @@ def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size, padd
     return torch.stack(rows, 1).view(channels, 1, kh, kw).to(x.dtype)
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled('cpu')
+    except TypeError:  # pragma: no cover  (torch < 2.4)
+        return torch.is_autocast_cpu_enabled()
+
+
 def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A 1x1 ``conv`` applied to an NHWC tensor: ``(B, H, W, C_in) -> (B, H, W, C_out)``.
 
@@ -138,9 +145,10 @@ def pointwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 
 def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A depthwise ``conv`` (stride 1, no dilation) with :class:`_LargeKernelDepthwiseConv`'s
-    backward on CPU in fp32 when gradients are needed; plain ``conv(x)`` otherwise."""
+    backward on CPU in fp32 (no autocast) when gradients are needed; plain ``conv(x)`` otherwise."""
     if (torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and conv.weight.dtype == torch.float32 and not torch.jit.is_tracing()
+            and conv.weight.dtype == torch.float32 and not _cpu_autocast()
+            and not torch.jit.is_tracing()
             and not torch.jit.is_scripting() and (x.requires_grad or conv.weight.requires_grad)
             and isinstance(conv.padding, tuple)):
         return _LargeKernelDepthwiseConv.apply(x, conv.weight, conv.bias, conv.padding)

@@ -49,6 +49,18 @@ def test_large_kernel_depthwise_conv_is_used_and_gradcheck():
     assert torch.autograd.gradcheck(fn, args)
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_large_kernel_depthwise_conv_under_autocast(dtype):
+    """Under CPU autocast the plain conv runs (the custom backward is fp32-only)."""
+    conv = nn.Conv2d(4, 4, 7, padding=3, groups=4)
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    with torch.autocast('cpu', dtype=dtype):
+        y = layers.depthwise_conv(x, conv)
+    assert y.dtype == dtype and type(y.grad_fn).__name__ != '_LargeKernelDepthwiseConvBackward'
+    y.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and conv.weight.grad is not None
+
+
 def test_pointwise_conv_is_the_conv_on_nhwc():
     conv = nn.Conv2d(8, 5, 1)
     x = torch.randn(2, 8, 6, 7).contiguous(memory_format=torch.channels_last)
