@@ -19,7 +19,7 @@ __all__ = [
     'LayerNorm2d', 'DropPath', 'layer_scale', 'init_layer_scale', 'drop_path_rates', 'fused_conv',
     'fused_conv_add', 'fused_conv_mul', 'fused_conv_binary', 'channel_norm', 'fold_channel_affine',
     'fold_output_scale', 'bn_affine', 'activation_name', 'depthwise_conv', 'depthwise_weight_grad',
-    'pointwise_conv'
+    'pointwise_conv', 'eager'
 ]
 
 
@@ -81,8 +81,8 @@ class _LargeKernelDepthwiseConv(torch.autograd.Function):
     * ``dL/dx = conv2d(g, flip(W), padding=k - 1 - p, groups=C)`` (the transposed conv, stride 1);
     * ``dL/dW[c, i, j] = sum_{b,h,w} xpad[b, c, h + i, w + j] g[b, c, h, w]``: for each kernel
       row ``i`` one batched matrix product over channels, ``M_c = X_{c,i}^T G_c`` with
-      ``X_{c,i}`` the rows ``i .. i + H_out`` of the padded input as an ``(H_out B, W_pad)`` matrix and
-      ``G_c`` of shape ``(H_out B, W_out)``; then ``dL/dW[c, i, j] = sum_w M_c[w + j, w]``;
+      ``X_{c,i}`` the rows ``i .. i + H_out`` of the padded input as an ``(H_out B, W_pad)``
+      matrix and ``G_c`` of shape ``(H_out B, W_out)``; then ``dL/dW[c, i, j] = sum_w M_c[w + j, w]``;
     * ``dL/db = sum_{b,h,w} g``.
     """
 
@@ -108,7 +108,8 @@ class _LargeKernelDepthwiseConv(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size, padding) -> torch.Tensor:
+def depthwise_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel_size,
+                          padding) -> torch.Tensor:
     """``dL/dW`` of a stride-1 depthwise conv: ``(B, C, H, W)`` input and ``(B, C, H_out, W_out)``
     output gradient -> ``(C, 1, kh, kw)`` (see :class:`_LargeKernelDepthwiseConv`)."""
     (kh, kw), (ph, pw) = kernel_size, padding
@@ -147,9 +148,8 @@ def depthwise_conv(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
     """A depthwise ``conv`` (stride 1, no dilation) with :class:`_LargeKernelDepthwiseConv`'s
     backward on CPU in fp32 (no autocast) when gradients are needed; plain ``conv(x)`` otherwise."""
     if (torch.is_grad_enabled() and x.device.type == 'cpu' and x.dtype == torch.float32
-            and conv.weight.dtype == torch.float32 and not _cpu_autocast()
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and (x.requires_grad or conv.weight.requires_grad)
+            and conv.weight.dtype == torch.float32 and not _cpu_autocast() and eager()
+            and (x.requires_grad or conv.weight.requires_grad)
             and isinstance(conv.padding, tuple)):
         return _LargeKernelDepthwiseConv.apply(x, conv.weight, conv.bias, conv.padding)
     return conv(x)
@@ -180,15 +180,19 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
             and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.jit.is_tracing()
-            and not torch.jit.is_scripting() and not _in_onnx_export())
+            and eager())
 
 
-def _in_onnx_export() -> bool:
-    try:
-        return torch.onnx.is_in_onnx_export()
-    except AttributeError:  # pragma: no cover
+def eager() -> bool:
+    """True outside TorchScript tracing/scripting and ONNX export: the faster kernels of this
+    package (custom autograd functions, oneDNN post-ops, strided in-place writes) are used only
+    then; traced or exported graphs get the plain ATen ops."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
         return False
+    try:
+        return not torch.onnx.is_in_onnx_export()
+    except AttributeError:  # pragma: no cover
+        return True
 
 
 #: activations a fused convolution can apply: name -> (oneDNN attr, algorithm, ATen function)

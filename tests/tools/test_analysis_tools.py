@@ -85,3 +85,17 @@ def test_benchmark_shows_nmf_one_step_grad_memory_saving(benchmark):
     assert 0 < one_step['memory_mib'] < full['memory_mib']
     with pytest.raises(ValueError, match='no NMF'):
         benchmark.main(['convnext-t', '--baseline', 'none', '--one-step-grad', '--repeat', '1'])
+
+
+def test_benchmark_defaults_per_family(benchmark):
+    cls = benchmark.parse_args(['conv2former-t'])
+    assert (cls.batch_size, cls.input_size, cls.num_classes) == (8, [224, 224], None)
+    seg = benchmark.parse_args(['segnext-t'])
+    assert (seg.batch_size, seg.input_size, seg.num_classes) == (1, [512, 512], 150)
+    city = benchmark.parse_args(['segnext-t', '--input-size', '1024', '2048'])
+    assert city.num_classes == 19  # Cityscapes-sized inputs
+    explicit = benchmark.parse_args(['segnext-t', '--batch-size', '2', '--num-classes', '4'])
+    assert (explicit.batch_size, explicit.num_classes) == (2, 4)
+    config = osp.join(ROOT, 'configs', 'segnext',
+                      'segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py')
+    assert benchmark.is_segmentation(config) and not benchmark.is_segmentation('convnext-t')

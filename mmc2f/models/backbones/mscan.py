@@ -195,10 +195,11 @@ class MSCABlock(nn.Module):
         s1, t1 = bn_affine(self.norm1)
         s2, t2 = bn_affine(self.norm2)
         ls1, ls2 = self.layer_scale_1, self.layer_scale_2
-        for module in (attn.activation, mlp.act):
-            if activation_name(module) is None:
-                raise NotImplementedError(f'MSCABlock.fuse: cannot fuse the activation {module}; '
-                                          'supported: nn.GELU(), nn.ReLU')
+        self.fused_acts = tuple(activation_name(m) for m in (attn.activation, mlp.act))
+        if None in self.fused_acts:
+            raise NotImplementedError(f'MSCABlock.fuse: cannot fuse the activations '
+                                      f'{attn.activation}, {mlp.act}; supported: nn.GELU(), '
+                                      'nn.ReLU')
         folded = {
             'proj_1': fold_channel_affine(attn.proj_1.weight, attn.proj_1.bias, s1, t1),
             'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1),
@@ -221,9 +222,9 @@ class MSCABlock(nn.Module):
         Each ``Act(conv)``, ``conv + y`` and ``conv * u`` is one kernel on CPU (oneDNN post-ops).
         Equal to :meth:`forward` in eval mode up to float rounding.
         """
-        attn, msca, mlp = self.attn, self.attn.spatial_gating_unit, self.mlp
-        u = fused_conv(x, self.fused_proj_1_weight, self.fused_proj_1_bias,
-                       act=activation_name(attn.activation))
+        msca, mlp = self.attn.spatial_gating_unit, self.mlp
+        attn_act, mlp_act = self.fused_acts
+        u = fused_conv(x, self.fused_proj_1_weight, self.fused_proj_1_bias, act=attn_act)
         a = _conv(msca.conv0, u)
         s = a
         for i in range(msca.num_branches):
@@ -233,7 +234,7 @@ class MSCABlock(nn.Module):
         shortcut = torch.addcmul(self.fused_shortcut_bias, x, self.fused_shortcut_weight)
         x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias, shortcut)
         h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
-        h = _conv(mlp.dwconv, h, act=activation_name(mlp.act))
+        h = _conv(mlp.dwconv, h, act=mlp_act)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
 
 
@@ -515,9 +516,11 @@ class MSCAN(BaseModule):
                 weight, bias = fold_output_scale(conv.weight, conv.bias, *bn_affine(bn))
                 self.register_buffer(f'fused_embed{i + 1}_{j}_weight', weight, persistent=False)
                 self.register_buffer(f'fused_embed{i + 1}_{j}_bias', bias, persistent=False)
-            if i == 0 and activation_name(embed.proj[2]) is None:
-                raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem '
-                                          f'activation {embed.proj[2]}')
+            if i == 0:
+                self.fused_stem_act = activation_name(embed.proj[2])
+                if self.fused_stem_act is None:
+                    raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem '
+                                              f'activation {embed.proj[2]}')
             for block in getattr(self, f'block{i + 1}'):
                 block.fuse()
         self.deployed = True
@@ -532,6 +535,6 @@ class MSCAN(BaseModule):
                               padding=module.padding, stride=module.stride, act=act)
 
         if i == 0:
-            x = conv(0, embed.proj[0], x, act=activation_name(embed.proj[2]))
+            x = conv(0, embed.proj[0], x, act=self.fused_stem_act)
             return conv(1, embed.proj[3], x)
         return conv(0, embed.proj, x)

@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from ..layers import eager
+
 __all__ = ['resize_bilinear']
 
 
@@ -29,9 +31,8 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = x.shape[-2:]
     fast = (not align_corners and x.dim() == 4 and x.is_floating_point()
-            and not (torch.is_grad_enabled() and x.requires_grad)
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and not _in_onnx_export() and in_h > 0 and in_w > 0
+            and not (torch.is_grad_enabled() and x.requires_grad) and eager()
+            and in_h > 0 and in_w > 0
             and out_h % in_h == 0 and out_w % in_w == 0 and (out_h, out_w) != (in_h, in_w))
     if not fast:
         return F.interpolate(x, size=(out_h, out_w), mode='bilinear', align_corners=align_corners)
@@ -39,9 +40,9 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     b, c = x.shape[:2]
     # along W first (the smaller intermediate), then along H straight into the output
     tmp = x.new_empty(b, c, in_h, out_w)
-    _upsample_last_dim(x, tmp, out_w // in_w)
+    _upsample_dim(x, tmp, out_w // in_w, dim=3)
     out = x.new_empty(b, c, out_h, out_w)
-    _upsample_rows(tmp, out, out_h // in_h)
+    _upsample_dim(tmp, out, out_h // in_h, dim=2)
     return out
 
 
@@ -55,38 +56,19 @@ def _phase_weights(s: int):
             yield p, False, src
 
 
-def _upsample_last_dim(x: torch.Tensor, out: torch.Tensor, s: int) -> None:
-    n = x.shape[-1]
-    view = out.view(*out.shape[:-1], n, s)  # [..., q, p] = out[..., s q + p]
+def _upsample_dim(x: torch.Tensor, out: torch.Tensor, s: int, dim: int) -> None:
+    """Write ``x`` upsampled ``s`` times along ``dim`` into ``out`` (same shape otherwise)."""
+    n = x.shape[dim]
+    # [..., q, p, ...] = out[..., s q + p, ...]
+    view = out.unflatten(dim, (n, s))
+    lo, hi = x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)
     for p, left, w in _phase_weights(s):
-        dst = view[..., p]
+        dst = view.select(dim + 1, p)  # (..., n, ...): output rows s q + p
         if n == 1:
-            dst.copy_(x[..., 0:1])
+            dst.copy_(x)
         elif left:  # q >= 1 blends q - 1 and q; q = 0 is clamped to x[0]
-            torch.lerp(x[..., :-1], x[..., 1:], w, out=dst[..., 1:])
-            dst[..., 0] = x[..., 0]
+            torch.lerp(lo, hi, w, out=dst.narrow(dim, 1, n - 1))
+            dst.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
         else:  # q <= n - 2 blends q and q + 1; q = n - 1 is clamped to x[n - 1]
-            torch.lerp(x[..., :-1], x[..., 1:], w, out=dst[..., :-1])
-            dst[..., -1] = x[..., -1]
-
-
-def _upsample_rows(x: torch.Tensor, out: torch.Tensor, s: int) -> None:
-    n = x.shape[-2]
-    view = out.view(*out.shape[:-2], n, s, out.shape[-1])  # [..., q, p, :] = row s q + p
-    for p, left, w in _phase_weights(s):
-        dst = view[..., p, :]
-        if n == 1:
-            dst.copy_(x[..., 0:1, :])
-        elif left:
-            torch.lerp(x[..., :-1, :], x[..., 1:, :], w, out=dst[..., 1:, :])
-            dst[..., 0, :] = x[..., 0, :]
-        else:
-            torch.lerp(x[..., :-1, :], x[..., 1:, :], w, out=dst[..., :-1, :])
-            dst[..., -1, :] = x[..., -1, :]
-
-
-def _in_onnx_export() -> bool:
-    try:
-        return torch.onnx.is_in_onnx_export()
-    except AttributeError:  # pragma: no cover
-        return False
+            torch.lerp(lo, hi, w, out=dst.narrow(dim, 0, n - 1))
+            dst.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1))
