@@ -32,10 +32,7 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-import mmc2f.registry  # noqa: F401,E402  isort:skip  (safe checkpoint loading)
-
-from mmc2f.apis import InferenceError, init_model  # noqa: E402
-from mmc2f.utils.checkpoint import CheckpointFormatError, UnsafeCheckpointError  # noqa: E402
+from mmc2f.apis import ConfigError, UserError, init_model  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -69,7 +66,7 @@ def read_image(path: str) -> np.ndarray:
     import mmcv
     img = mmcv.imread(path, channel_order='rgb') if osp.isfile(path) else None
     if img is None:
-        raise InferenceError(f'cannot read image "{path}"')
+        raise ConfigError(f'cannot read image "{path}"')
     return img
 
 
@@ -78,7 +75,7 @@ def write_image(img_rgb: np.ndarray, out_file: str) -> None:
     folder = osp.dirname(osp.abspath(out_file))
     os.makedirs(folder, exist_ok=True)
     if not mmcv.imwrite(np.ascontiguousarray(img_rgb[..., ::-1]), out_file):
-        raise InferenceError(f'cannot write "{out_file}"')
+        raise ConfigError(f'cannot write "{out_file}"')
 
 
 # ------------------------------------------------------------------------------ segmentation
@@ -190,8 +187,7 @@ def main(argv=None) -> int:
             run_det(model, args.img, image, out_file, args.score_thr, args.opacity)
         else:
             run_cls(model, args.img, image, out_file, args.topk)
-    except (InferenceError, CheckpointFormatError, UnsafeCheckpointError,
-            FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 2
     print(f'wrote {out_file}')

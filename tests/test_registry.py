@@ -20,7 +20,8 @@ def upstream_models(scope):
 @pytest.mark.parametrize('scope', UPSTREAM)
 def test_every_arch_builds_from_each_scope(scope):
     registry = upstream_models(scope)
-    from mmc2f.models.backbones.conv2former import Conv2Former, Conv2FormerIsotropic
+    from mmc2f.models.backbones.conv2former import Conv2Former
+    from mmc2f.models.backbones.conv2former_iso import Conv2FormerIsotropic
     from mmc2f.models.necks.conv2former_neck import Conv2FormerNeck
     with DefaultScope.overwrite_default_scope(scope):
         assert DefaultScope.get_current_instance().scope_name == scope
@@ -61,14 +62,28 @@ def test_import_is_light():
             'print(heavy)')
     proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == '[]', proc.stdout
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1] == '[]', proc.stdout
+    # the registry's process-wide setup is visible: one log line per change, nothing else
+    assert len(lines) == 3 and all('mmc2f process setup:' in ln for ln in lines[:2]), lines
+
+
+def test_import_mmc2f_changes_nothing():
+    code = ('import mmengine.fileio.backends.registry_utils as r, mmc2f, mmc2f.apis.config_check; '
+            'import torch, mmc2f.checkpoint, mmc2f.ops; '
+            "from mmengine.runner.checkpoint import CheckpointLoader as L; "
+            "print(r.backends['local'].__name__, L._schemes[''].__module__, "
+            "any('HistoryBuffer' in str(g) for g in torch.serialization.get_safe_globals()))")
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ['LocalBackend', 'mmengine.runner.checkpoint', 'False'], \
+        proc.stdout
 
 
 def _registries():
     """(mmc2f registry, its upstream counterparts) for every mmc2f registry."""
     pairs = []
-    for name in ['MODELS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'HOOKS', 'DATASETS', 'TRANSFORMS',
-                 'METRICS']:
+    for name in ['MODELS', 'OPTIM_WRAPPER_CONSTRUCTORS', 'HOOKS']:
         ours = getattr(mmc2f_registry, name)
         theirs = [getattr(__import__(f'{s}.registry', fromlist=[name]), name) for s in UPSTREAM]
         pairs.append((name, ours, theirs))

@@ -11,22 +11,22 @@ Behaves like the upstream tools/test.py of the config's package (its default_sco
               truth beside the coloured prediction overlay); mmdet writes
               <work_dir>/<timestamp>/<show-dir>/; mmpretrain writes <show-dir>/.
   --tta       test with cfg.tta_model and cfg.tta_pipeline.
-The checkpoint is read with torch's weights_only=True (mmc2f.utils.checkpoint).
+The checkpoint is read with torch's weights_only=True (mmc2f.checkpoint).
 """
 import argparse
 import os
 import sys
 
-# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
-if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
-    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+from mmc2f.engine.process import huge_pages_environ  # noqa: E402  (imports no torch)
 
-# Before anything loads a checkpoint: safe weights_only loading of runner checkpoints.
-import mmc2f.registry  # noqa: F401,E402  isort:skip
+huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
+
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from mmc2f.utils import tools  # noqa: E402
-from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
+from mmc2f.apis import cli  # noqa: E402
+from mmc2f.engine.process import setup_process  # noqa: E402
+from mmc2f.engine.runner import build_runner  # noqa: E402
+from mmc2f.errors import ConfigError, UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -61,39 +61,39 @@ def parse_args(argv=None):
 
 def build_cfg(args):
     if args.out_item is not None and args.out is None:
-        raise tools.ToolError('--out-item needs --out')
+        raise ConfigError('--out-item needs --out')
     if not os.path.isfile(args.checkpoint) and '://' not in args.checkpoint:
-        raise tools.ToolError(f'checkpoint "{args.checkpoint}" does not exist')
+        raise ConfigError(f'checkpoint "{args.checkpoint}" does not exist')
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    scope = tools.init_scope(cfg, args.config)
-    tools.set_work_dir(cfg, args.config, args.work_dir)
+    scope = cli.init_scope(cfg, args.config)
+    cli.set_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
-        tools.trigger_visualization_hook(cfg, scope, args.show, args.show_dir, args.wait_time)
+        cli.trigger_visualization_hook(cfg, scope, args.show, args.show_dir, args.wait_time)
     if args.tta:
-        tools.setup_tta(cfg, scope)
+        cli.setup_tta(cfg, scope)
     if args.deploy:
         cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + [
             dict(type='mmc2f.SwitchToDeployHook')]
-    tools.setup_test_out(cfg, scope, args.out)
-    tools.setup_dist_backend(cfg, args.launcher)
-    tools.check_data_roots(cfg, ['test_dataloader'])
+    cli.setup_test_out(cfg, scope, args.out)
+    cli.setup_dist_backend(cfg, args.launcher)
+    cli.check_data_roots(cfg, ['test_dataloader'])
     return cfg, scope
 
 
 def main(argv=None):
     args = parse_args(argv)
-    tune_cpu_allocator()  # reuse freed CPU memory (MMC2F_MALLOC_TUNING=0: off)
+    setup_process(cpu_allocator=True)  # logged; MMC2F_PROCESS_SETUP=0 turns it off
     try:
         cfg, scope = build_cfg(args)
-    except tools.ToolError as err:
+    except UserError as err:
         print(f'{os.path.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
         sys.exit(2)
-    runner = tools.build_runner(cfg)
-    tools.add_dump_metric(runner, scope, args.out, args.out_item)
+    runner = build_runner(cfg)
+    cli.add_dump_metric(runner, scope, args.out, args.out_item)
     metrics = runner.test()
     if args.out and args.out_item == 'metrics':
         import mmengine

@@ -5,22 +5,22 @@
 
 Behaves like the upstream tools/train.py of those packages (MMEngine's Runner), and also runs on a
 machine without CUDA: --amp falls back to fp32 with a warning, distributed runs use gloo, SyncBN
-becomes BN, and checkpoints load with torch's weights_only=True (mmc2f.utils.checkpoint).
+becomes BN, and checkpoints load with torch's weights_only=True (mmc2f.checkpoint).
 """
 import argparse
 import os
 import sys
 
-# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
-if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
-    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+from mmc2f.engine.process import huge_pages_environ  # noqa: E402  (imports no torch)
 
-# Before anything loads a checkpoint: safe weights_only loading of runner checkpoints.
-import mmc2f.registry  # noqa: F401,E402  isort:skip
+huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
+
 from mmengine.config import Config, DictAction  # noqa: E402
 
-from mmc2f.utils import tools  # noqa: E402
-from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
+from mmc2f.apis import cli  # noqa: E402
+from mmc2f.engine.process import setup_process  # noqa: E402
+from mmc2f.engine.runner import build_runner  # noqa: E402
+from mmc2f.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -56,28 +56,28 @@ def build_cfg(args):
     cfg.launcher = args.launcher
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
-    tools.init_scope(cfg, args.config)
-    tools.set_work_dir(cfg, args.config, args.work_dir)
-    tools.setup_amp(cfg, args.amp)
-    tools.setup_auto_scale_lr(cfg, args.auto_scale_lr)
-    tools.setup_resume(cfg, args.resume)
-    tools.setup_dist_backend(cfg, args.launcher)
+    cli.init_scope(cfg, args.config)
+    cli.set_work_dir(cfg, args.config, args.work_dir)
+    cli.setup_amp(cfg, args.amp)
+    cli.setup_auto_scale_lr(cfg, args.auto_scale_lr)
+    cli.setup_resume(cfg, args.resume)
+    cli.setup_dist_backend(cfg, args.launcher)
     loaders = ['train_dataloader']
     if cfg.get('val_cfg', None) is not None:
         loaders.append('val_dataloader')
-    tools.check_data_roots(cfg, loaders)
+    cli.check_data_roots(cfg, loaders)
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
-    tune_cpu_allocator()  # reuse freed CPU memory (MMC2F_MALLOC_TUNING=0: off)
+    setup_process(cpu_allocator=True)  # logged; MMC2F_PROCESS_SETUP=0 turns it off
     try:
         cfg = build_cfg(args)
-    except tools.ToolError as err:
+    except UserError as err:
         print(f'{os.path.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
         sys.exit(2)
-    runner = tools.build_runner(cfg)
+    runner = build_runner(cfg)
     runner.train()
 
 

@@ -5,7 +5,7 @@ This is what ``demo/image_demo.py`` and ``tools/deployment/pytorch2onnx.py`` sha
 ``mmpretrain`` -> classification); the model is built from that package's registry, with:
 
 * no ``Pretrained`` initialisation (the checkpoint given here provides every weight);
-* the checkpoint read by :func:`mmc2f.utils.load_checkpoint_file` (``weights_only=True`` plus
+* the checkpoint read by :func:`mmc2f.checkpoint.load_checkpoint_file` (``weights_only=True`` plus
   mmc2f's allow-list) and loaded with a strict key check that names missing / unexpected keys;
 * SyncBN converted to BatchNorm (SyncBN needs a GPU or a process group);
 * ``dataset_meta`` (class names, palette) from the checkpoint's ``meta``, else from the config's
@@ -28,24 +28,19 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmc2f.utils.checkpoint import (CheckpointFormatError, extract_state_dict,
-                                    load_checkpoint_file, load_state_dict_checked)
+from mmc2f.checkpoint import (CheckpointFormatError, extract_state_dict, load_checkpoint_file,
+                              load_state_dict_checked)
+from mmc2f.errors import ConfigError
+from .scope import get_task, init_scope
 
 __all__ = [
-    'SCOPE_TASKS', 'InferenceError', 'load_config', 'get_task', 'init_scope', 'resolve_device',
-    'init_model', 'set_nmf_eval_seed', 'model_num_classes', 'default_palette'
+    'load_config', 'resolve_device', 'init_model', 'set_nmf_eval_seed', 'model_num_classes',
+    'default_palette'
 ]
-
-#: default_scope -> task name.
-SCOPE_TASKS: Dict[str, str] = {'mmseg': 'seg', 'mmdet': 'det', 'mmpretrain': 'cls'}
 
 _KEY_HINT = ('Check that the checkpoint was trained with this config. Checkpoints released by '
              'the authors must be converted first: tools/model_converters/conv2former_to_mmc2f.py '
              '(Conv2Former) or tools/model_converters/mscan_to_mmc2f.py (MSCAN).')
-
-
-class InferenceError(RuntimeError):
-    """A user error (config, checkpoint or device); the tools print it and exit with status 2."""
 
 
 # ---------------------------------------------------------------------------------- config
@@ -55,11 +50,11 @@ def load_config(config: Union[str, os.PathLike, Config],
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
         if not osp.isfile(path):
-            raise InferenceError(f'config file "{path}" does not exist')
+            raise ConfigError(f'config file "{path}" does not exist')
         try:
             cfg = Config.fromfile(path)
         except Exception as err:  # noqa: BLE001  (syntax, inheritance, missing base ...)
-            raise InferenceError(f'cannot load config "{path}": {type(err).__name__}: {err}'
+            raise ConfigError(f'cannot load config "{path}": {type(err).__name__}: {err}'
                                  ) from err
     elif isinstance(config, Config):
         cfg = copy.deepcopy(config)
@@ -68,28 +63,6 @@ def load_config(config: Union[str, os.PathLike, Config],
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     return cfg
-
-
-def get_task(cfg: Config) -> str:
-    """``'seg'``, ``'det'`` or ``'cls'`` from the config's ``default_scope``."""
-    scope = cfg.get('default_scope', None)
-    if scope not in SCOPE_TASKS:
-        raise InferenceError(
-            f'the config has default_scope={scope!r}; supported: {", ".join(SCOPE_TASKS)} '
-            "(inherit the package's default runtime, e.g. 'mmseg::_base_/default_runtime.py', or "
-            'set default_scope)')
-    return SCOPE_TASKS[scope]
-
-
-def init_scope(cfg: Config) -> str:
-    """Register the modules of the config's package and make its scope the default one."""
-    get_task(cfg)
-    scope = cfg.default_scope
-    importlib.import_module(f'{scope}.utils').register_all_modules(init_default_scope=False)
-    import mmc2f.registry  # noqa: F401  (safe checkpoint loading, 'mmc2f.' types)
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    return scope
 
 
 def _strip_pretrained(node):
@@ -118,13 +91,13 @@ def resolve_device(device: Optional[Union[str, torch.device]] = None) -> torch.d
     try:
         dev = torch.device(device)
     except RuntimeError as err:
-        raise InferenceError(f'invalid device {device!r}: {err}') from err
+        raise ConfigError(f'invalid device {device!r}: {err}') from err
     if dev.type == 'cuda':
         if not torch.cuda.is_available():
-            raise InferenceError(f'device {device!r} requested but CUDA is not available on this '
+            raise ConfigError(f'device {device!r} requested but CUDA is not available on this '
                                  'machine; use --device cpu')
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise InferenceError(f'device {device!r} requested but only '
+            raise ConfigError(f'device {device!r} requested but only '
                                  f'{torch.cuda.device_count()} GPU(s) are visible')
     return dev
 
@@ -233,7 +206,7 @@ def init_model(config: Union[str, os.PathLike, Config],
         cfg_options: overrides merged into the config.
         nmf_eval_seed: seed given to every SegNeXt NMF whose config sets no ``eval_seed``, so that
             predictions are reproducible (``None`` keeps the config's behaviour).
-        strict: fail (:class:`~mmc2f.utils.CheckpointFormatError`, naming the keys) unless the
+        strict: fail (:class:`~mmc2f.errors.CheckpointFormatError`, naming the keys) unless the
             checkpoint's keys match the model exactly.
 
     Returns:
@@ -265,8 +238,6 @@ def init_model(config: Union[str, os.PathLike, Config],
             state_dict = extract_state_dict(ckpt)
         except CheckpointFormatError as err:
             raise CheckpointFormatError(f'checkpoint "{checkpoint}": {err}') from None
-        if state_dict and all(k.startswith('module.') for k in state_dict):
-            state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
         load_state_dict_checked(model, state_dict, strict=strict, hint=_KEY_HINT,
                                 source=f'checkpoint "{checkpoint}"')
         ck_meta = ckpt.get('meta', None) if isinstance(ckpt, dict) else None

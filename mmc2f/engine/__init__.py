@@ -1,2 +1,2 @@
-"""Training-time pieces: optimizer-wrapper constructors and hooks."""
-from . import deploy_hook, layer_decay  # noqa: F401
+"""Training and evaluation: hooks, the layer-decay constructor, the CPU-capable runner and the
+process-wide setup (:mod:`.process`). Registered lazily through ``mmc2f.registry``."""

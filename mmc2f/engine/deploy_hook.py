@@ -10,15 +10,18 @@ __all__ = ['SwitchToDeployHook', 'switch_to_deploy']
 
 
 def switch_to_deploy(model: nn.Module) -> List[str]:
-    """Call ``switch_to_deploy()`` on every submodule that has one (mmc2f's ``Conv2Former`` and
-    ``MSCAN``); returns their qualified names. Training is unaffected: the fused kernels only run
-    in eval mode, parameters and state dict are unchanged."""
+    """Call ``switch_to_deploy()`` on every outermost submodule that has one (mmc2f's backbones;
+    they fuse their blocks themselves); returns their qualified names. Training is unaffected:
+    the fused kernels only run in eval mode, ``train()`` drops them, parameters and state dict
+    are unchanged."""
     switched = []
     for name, module in model.named_modules():
+        if any(s == '' or name.startswith(f'{s}.') for s in switched):
+            continue  # inside a module switched already
         if callable(getattr(module, 'switch_to_deploy', None)):
             module.switch_to_deploy()
-            switched.append(name or type(module).__name__)
-    return switched
+            switched.append(name)
+    return [s or type(model).__name__ for s in switched]
 
 
 @HOOKS.register_module()

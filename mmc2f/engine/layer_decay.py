@@ -2,29 +2,19 @@
 
 One optimizer-wrapper constructor, :class:`LayerDecayOptimWrapperConstructor`, serves mmdet,
 mmseg and mmpretrain models alike. It finds the model's backbone (``model.backbone``, or the model
-itself when it is a bare backbone) and assigns every trainable parameter a layer id:
+itself when it is a bare backbone) and asks it for every trainable parameter's layer id:
 
-* backbones laid out like ConvNeXt -- ``downsample_layers.{0..3}`` and ``stages.{0..3}``, which is
-  the case for mmpretrain's ``ConvNeXt`` and for mmc2f's ``Conv2Former`` (authors' names) -- get
-  the rule of mmdet's / mmseg's ``LearningRateDecayOptimizerConstructor`` (``layer_wise`` and
-  ``stage_wise``), driven by ``num_layers``. The grouping is identical to theirs, parameter by
-  parameter; unlike theirs it does not depend on the backbone's class name;
-* any other backbone with ``get_layer_depth(param_name, prefix)`` (the mmpretrain convention,
-  returning ``(layer_id, max_layer_id)``) gets its own ids (``layer_wise`` only).
+* mmc2f backbones answer themselves (``get_layer_depth(name, prefix, num_layers, decay_type)``
+  and ``min_num_layers``; Conv2Former uses ConvNeXt's rule, :mod:`mmc2f.models.layer_depth`);
+* foreign backbones laid out like ConvNeXt (``downsample_layers.{0..3}``, ``stages.{0..3}``, e.g.
+  mmpretrain's ``ConvNeXt``) get that same rule, as mmdet's / mmseg's
+  ``LearningRateDecayOptimizerConstructor`` (``layer_wise`` and ``stage_wise``), parameter by
+  parameter, without depending on the class name;
+* any other backbone with mmpretrain's ``get_layer_depth(param_name, prefix)`` gets its own ids
+  (``layer_wise`` only).
 
-Every parameter outside the backbone (neck, heads), and every backbone parameter outside
-stages/downsampling layers (e.g. the per-output norms), gets id ``num_layers + 1``, i.e. the full
-learning rate. The learning-rate scale of id ``i`` is ``decay_rate ** (num_layers + 1 - i)``.
-
-ConvNeXt-layout ids (as mmdet/mmseg):
-
-* ``layer_wise``: stem (``downsample_layers.0``) 0; ``stages.0`` 1; ``downsample_layers.1`` and
-  ``stages.1`` 2; ``downsample_layers.2`` 3; ``stages.2.{j}`` ``3 + j // 3``;
-  ``downsample_layers.3`` and ``stages.3`` ``num_layers``.
-* ``stage_wise``: every ``downsample_layers.*`` (stem and the three downsampling layers) 0,
-  ``stages.{i}`` ``i + 1``. Note that this puts the downsampling layers between stages at the
-  lowest learning rate, below the stages before them; it is kept for parity with mmseg's
-  UperNet-ConvNeXt recipe.
+Parameters outside the backbone (neck, heads) get id ``num_layers + 1``, the full learning rate.
+The learning-rate scale of id ``i`` is ``decay_rate ** (num_layers + 1 - i)``.
 
 ``paramwise_cfg`` keys:
 
@@ -54,11 +44,12 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.utils.dl_utils.parrots_wrapper import _BatchNorm, _InstanceNorm
 
+from mmc2f.models.backbones.base import BaseBackbone
+from mmc2f.models.layer_depth import (DECAY_TYPES, TOKEN_NAMES, convnext_layer_id,
+                                      convnext_min_num_layers)
 from mmc2f.registry import OPTIM_WRAPPER_CONSTRUCTORS
 
 _NORM_TYPES = (_BatchNorm, _InstanceNorm, nn.GroupNorm, nn.LayerNorm)
-_TOKEN_NAMES = ('pos_embed', 'cls_token', 'mask_token')
-_DECAY_TYPES = ('layer_wise', 'stage_wise')
 
 
 def find_backbone(model: nn.Module) -> Tuple[nn.Module, str]:
@@ -85,39 +76,11 @@ def has_convnext_layout(backbone: nn.Module) -> bool:
 
 
 def min_num_layers(backbone: nn.Module, decay_type: str = 'layer_wise') -> int:
-    """The smallest ``num_layers`` that keeps every stage below the next one and the last
-    stage below the heads (ConvNeXt layout)."""
-    if decay_type == 'stage_wise':
-        return 4
-    # stage 2 blocks get ids 3 + j // 3; stage 3 gets num_layers, which must be larger.
-    return 4 + (len(backbone.stages[2]) - 1) // 3
-
-
-def convnext_layer_id(name: str, num_layers: int, prefix: str = 'backbone.') -> int:
-    """Layer id of a parameter (full name) under the ConvNeXt ``layer_wise`` rule."""
-    if name in tuple(prefix + t for t in _TOKEN_NAMES):
-        return 0
-    if name.startswith(prefix + 'downsample_layers.'):
-        stage_id = int(name[len(prefix):].split('.')[1])
-        return (0, 2, 3, num_layers)[stage_id]
-    if name.startswith(prefix + 'stages.'):
-        parts = name[len(prefix):].split('.')
-        stage_id, block_id = int(parts[1]), int(parts[2])
-        if stage_id == 2:
-            return 3 + block_id // 3
-        return (1, 2, None, num_layers)[stage_id]
-    return num_layers + 1
-
-
-def convnext_stage_id(name: str, num_layers: int, prefix: str = 'backbone.') -> int:
-    """Layer id of a parameter (full name) under the ConvNeXt ``stage_wise`` rule."""
-    if name in tuple(prefix + t for t in _TOKEN_NAMES):
-        return 0
-    if name.startswith(prefix + 'downsample_layers.'):
-        return 0
-    if name.startswith(prefix + 'stages.'):
-        return int(name[len(prefix):].split('.')[1]) + 1
-    return num_layers + 1
+    """The smallest ``num_layers`` for a backbone: its own answer (mmc2f backbones), else the
+    ConvNeXt-layout rule's."""
+    if isinstance(backbone, BaseBackbone):
+        return backbone.min_num_layers(decay_type)
+    return convnext_min_num_layers(len(backbone.stages[2]), decay_type)
 
 
 def _fmt(x) -> str:
@@ -154,8 +117,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if not (isinstance(self.decay_rate, (int, float)) and self.decay_rate > 0):
             raise ValueError(f'decay_rate must be a positive number, got {self.decay_rate!r}.')
         self.decay_type = paramwise_cfg.get('decay_type', 'layer_wise')
-        if self.decay_type not in _DECAY_TYPES:
-            raise ValueError(f'decay_type must be one of {_DECAY_TYPES}, '
+        if self.decay_type not in DECAY_TYPES:
+            raise ValueError(f'decay_type must be one of {DECAY_TYPES}, '
                              f'got {self.decay_type!r}.')
         self.num_layers = paramwise_cfg.get('num_layers')
         if self.num_layers is not None and (not isinstance(self.num_layers, int)
@@ -181,20 +144,15 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         """Return ``(name -> layer id, num_layers, description of the rule)``."""
         backbone, prefix = find_backbone(model)
         bname = type(backbone).__name__
-        if has_convnext_layout(backbone):
-            minimum = min_num_layers(backbone, self.decay_type)
-            num_layers = minimum if self.num_layers is None else self.num_layers
-            if num_layers < minimum:
-                depths = [len(s) for s in backbone.stages]
-                raise ValueError(
-                    f'num_layers={num_layers} is too small for {bname} with depths {depths} '
-                    f'({self.decay_type}): the minimum is {minimum}'
-                    + (f' (4 + (depths[2] - 1) // 3 = 4 + ({depths[2]} - 1) // 3), '
-                       if self.decay_type == 'layer_wise' else ' (one id per stage), ')
-                    + f'so that the last stage stays below the heads. Set num_layers >= {minimum}.')
-            rule = convnext_layer_id if self.decay_type == 'layer_wise' else convnext_stage_id
-            return (lambda name: rule(name, num_layers, prefix)), num_layers, \
-                f'ConvNeXt-layout {self.decay_type} rule on {bname}'
+        if isinstance(backbone, BaseBackbone) or has_convnext_layout(backbone):
+            num_layers = self._num_layers(min_num_layers(backbone, self.decay_type), bname)
+            if isinstance(backbone, BaseBackbone):
+                def layer_id(name: str) -> int:
+                    return backbone.get_layer_depth(name, prefix, num_layers, self.decay_type)[0]
+
+                return layer_id, num_layers, f'{self.decay_type} get_layer_depth of {bname}'
+            return (lambda name: convnext_layer_id(name, num_layers, prefix, self.decay_type)), \
+                num_layers, f'ConvNeXt-layout {self.decay_type} rule on {bname}'
 
         if not hasattr(backbone, 'get_layer_depth'):
             raise NotImplementedError(
@@ -207,14 +165,8 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 f"`downsample_layers`/`stages`; {bname} only offers `get_layer_depth`, "
                 "use decay_type='layer_wise'.")
         # mmpretrain convention: ids 0..max_id-2 for backbone layers, max_id-1 for the rest.
-        own_layers = max(backbone.get_layer_depth(name, prefix)[1]
-                         for name, _ in model.named_parameters()) - 2
-        num_layers = own_layers if self.num_layers is None else self.num_layers
-        if num_layers < own_layers:
-            raise ValueError(
-                f'num_layers={num_layers} is too small for {bname}: its get_layer_depth numbers '
-                f'layers up to {own_layers}, so the minimum is {own_layers}. '
-                f'Set num_layers >= {own_layers} (or leave it unset).')
+        num_layers = self._num_layers(max(backbone.get_layer_depth(name, prefix)[1]
+                                          for name, _ in model.named_parameters()) - 2, bname)
 
         def layer_id(name: str) -> int:
             if not name.startswith(prefix):
@@ -223,6 +175,16 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             return num_layers + 1 if lid >= max_id - 1 else lid
 
         return layer_id, num_layers, f'get_layer_depth of {bname}'
+
+    def _num_layers(self, minimum: int, bname: str) -> int:
+        """``num_layers`` from the config (default: the backbone's minimum), checked."""
+        num_layers = minimum if self.num_layers is None else self.num_layers
+        if num_layers < minimum:
+            raise ValueError(
+                f'num_layers={num_layers} is too small for {bname} ({self.decay_type}): the '
+                f'minimum is {minimum}, so that the last stage stays below the heads. Set '
+                f'num_layers >= {minimum} (or leave it unset).')
+        return num_layers
 
     # ------------------------------------------------------------------ weight decay
     def _decay(self, name: str, param: nn.Parameter,
@@ -237,7 +199,7 @@ class LayerDecayOptimWrapperConstructor(DefaultOptimWrapperConstructor):
         if base_wd is None:
             return None, 1.
         short = name.rsplit('.', 1)[-1]
-        if short in _TOKEN_NAMES:
+        if short in TOKEN_NAMES:
             return 0., 1.
         if self.norm_decay_mult is not None and name in norm_names:
             return base_wd * self.norm_decay_mult, 1.

@@ -1,6 +1,6 @@
 """Test-only reference: the Conv2Former classifier as in the authors' released code.
 
-An independent plain-PyTorch re-implementation written from docs/reference.md §1 (not from mmc2f),
+An independent plain-PyTorch re-implementation written from the paper and the authors' checkpoint layout (not from mmc2f),
 with the authors' parameter names, so that tests can check that mmc2f's model computes the same
 function and that checkpoints in the authors' layout convert correctly. It deliberately uses the
 authors' own channels-first LayerNorm formula (explicit mean / variance) rather than

@@ -188,7 +188,7 @@ def test_conv2former_minimum_num_layers(arch, minimum):
                                                    ('stage_wise', 6)])
 def test_conv2former_tiny_scales_are_monotonic(decay_type, num_layers):
     from mmc2f.registry import MODELS
-    backbone = MODELS.build(dict(type='Conv2Former', arch='tiny', drop_path_rate=0.2))
+    backbone = MODELS.build(dict(type='mmc2f.Conv2Former', arch='tiny', drop_path_rate=0.2))
     model = Wrapper(backbone, 576)
     settings = _ours(dict(decay_rate=0.9, decay_type=decay_type,
                           num_layers=num_layers)).get_param_settings(model)
@@ -282,7 +282,7 @@ def test_conv2former_mask_rcnn_config_builds_and_groups():
 
 # --------------------------------------------------------------------------- other backbones
 def test_generic_get_layer_depth_backbone():
-    from mmc2f.models.backbones.conv2former import Conv2FormerIsotropic
+    from mmc2f.models.backbones.conv2former_iso import Conv2FormerIsotropic
     model = Wrapper(Conv2FormerIsotropic(arch=dict(embed_dims=16, depth=4, kernel_size=3),
                                          final_norm=True), 16)
     settings = _ours(dict(decay_rate=0.5)).get_param_settings(model)  # num_layers -> 4

@@ -78,15 +78,15 @@ def run_deployed(monkeypatch, count_aten_convs):
     def run(model, x, onednn):
         import copy
 
-        from mmc2f.models import layers
+        from mmc2f.ops import fused as fused_ops
         if not onednn:
-            monkeypatch.setattr(layers, '_POINTWISE', None)
+            monkeypatch.setattr(fused_ops, '_POINTWISE', None)
         fused = copy.deepcopy(model).switch_to_deploy().eval()
         with torch.no_grad():
             aten_convs = count_aten_convs()
             outs = fused(x)
         if onednn:
-            assert layers._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
+            assert fused_ops._POINTWISE is not None, 'this torch build has oneDNN: the op must load'
             assert aten_convs == [], aten_convs
         else:
             assert len(aten_convs) > 0

@@ -111,7 +111,7 @@ def test_mask_rcnn_demo_roi_features_match_torchvision():
 
 @pytest.mark.slow
 def test_mask_rcnn_demo_train_then_test(tmp_path):
-    from mmc2f.datasets.demo import SHAPE_CLASSES, make_det_dataset
+    from mmc2f.datasets.synthetic import SHAPE_CLASSES, make_det_dataset
     from mmengine.config import Config
 
     cfg = Config.fromfile(DET_CONFIG)
@@ -133,7 +133,7 @@ def test_mask_rcnn_demo_train_then_test(tmp_path):
     # real training: four logged iterations with finite losses, layer-wise lr decay in use
     losses = [float(v) for v in re.findall(r'Iter\(train\) \[\s*\d/4\].*? loss: ([-\d.e+]+)', out)]
     assert len(losses) == 4 and all(math.isfinite(v) for v in losses), out[-3000:]
-    assert 'LayerDecayOptimWrapperConstructor: ConvNeXt-layout layer_wise rule' in out
+    assert 'LayerDecayOptimWrapperConstructor: layer_wise get_layer_depth of Conv2Former' in out
     ckpt = work_dir / 'iter_4.pth'
     assert ckpt.is_file()
     val = _metric_records(work_dir)
@@ -163,7 +163,7 @@ CLS_VAL_PER_CLASS = 10
 
 @pytest.mark.slow
 def test_classifier_demo_beats_chance(tmp_path):
-    from mmc2f.datasets.demo import SHAPE_CLASSES, make_cls_dataset
+    from mmc2f.datasets.synthetic import SHAPE_CLASSES, make_cls_dataset
     from mmengine.config import Config
 
     cfg = Config.fromfile(CLS_CONFIG)

@@ -17,7 +17,7 @@ What is checked, and why it can fail:
   keeps the replicas equal (without it, or with a wrapper that does not synchronise, they
   diverge after the first step);
 * the rank-0 checkpoint ``iter_4.pth`` is intact, loads with
-  :func:`mmc2f.utils.checkpoint.load_checkpoint_file` and holds exactly those parameters.
+  :func:`mmc2f.checkpoint.load_checkpoint_file` and holds exactly those parameters.
 
 Only parameters are compared across ranks, not buffers: on CPU, SyncBN becomes BN and DDP is
 built with ``broadcast_buffers=False``, so each rank keeps the BN running statistics of its own
@@ -35,7 +35,7 @@ import sys
 import pytest
 import torch
 
-from mmc2f.utils.checkpoint import is_intact_checkpoint, load_checkpoint_file
+from mmc2f.checkpoint import is_intact_checkpoint, load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
@@ -112,7 +112,7 @@ def _free_port():
 
 @pytest.mark.slow
 def test_dist_train_two_ranks_gloo(tmp_path):
-    from mmc2f.datasets.demo import make_seg_dataset
+    from mmc2f.datasets.synthetic import make_seg_dataset
     data_root = tmp_path / 'data' / 'demo' / 'seg'
     make_seg_dataset(str(data_root), num_train=8, num_val=1, size=32, seed=0)
     (tmp_path / 'rank_probe.py').write_text(PROBE)

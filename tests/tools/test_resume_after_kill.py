@@ -41,7 +41,7 @@ import time
 import pytest
 import torch
 
-from mmc2f.utils.checkpoint import (find_resumable_checkpoint, is_intact_checkpoint,
+from mmc2f.checkpoint import (find_resumable_checkpoint, is_intact_checkpoint,
                                     load_checkpoint_file)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -160,7 +160,7 @@ def _assert_same(a, b, where='checkpoint'):
 @pytest.fixture(scope='module')
 def setup(tmp_path_factory):
     """Data, the configs and the uninterrupted reference run."""
-    from mmc2f.datasets.demo import make_seg_dataset
+    from mmc2f.datasets.synthetic import make_seg_dataset
     tmp = tmp_path_factory.mktemp('resume_kill')
     data_root = tmp / 'data' / 'demo' / 'seg'
     make_seg_dataset(str(data_root), num_train=6, num_val=1, size=32, seed=0)

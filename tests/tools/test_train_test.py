@@ -17,7 +17,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from mmc2f.utils import tools
+from mmc2f.apis import cli as tools
+from mmc2f.errors import ConfigError
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
@@ -60,7 +61,7 @@ def _write_config(tmp_path, data_root, name='tiny_seg.py', extra=''):
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     """Data, a tiny config and a 4-iteration training run through tools/train.py."""
-    from mmc2f.datasets.demo import make_seg_dataset
+    from mmc2f.datasets.synthetic import make_seg_dataset
     tmp = tmp_path_factory.mktemp('tools')
     data_root = tmp / 'data' / 'demo' / 'seg'
     make_seg_dataset(str(data_root), num_train=4, num_val=2, size=32, seed=0)
@@ -82,7 +83,7 @@ def test_train_writes_loadable_checkpoints(trained):
     ckpt = work_dir / 'iter_4.pth'
     assert ckpt.is_file() and (work_dir / 'iter_2.pth').is_file()
     # torch >= 2.6 loads with weights_only=True; mmc2f's allow-list makes runner checkpoints load.
-    import mmc2f.registry  # noqa: F401  (installs the allow-list)
+    import mmc2f.registry  # noqa: F401  (process setup: the allow-list for torch.load too)
     state = torch.load(str(ckpt), map_location='cpu', weights_only=True)
     assert state['meta']['iter'] == 4 and 'message_hub' in state and 'optimizer' in state
     from mmengine.runner import CheckpointLoader
@@ -204,7 +205,7 @@ def test_check_data_roots_names_keys(tmp_path):
         type='RepeatDataset', times=2, dataset=dict(
             data_root=str(root), data_prefix=dict(img_path='images/training',
                                                   seg_map_path='annotations/training'))))))
-    with pytest.raises(tools.ToolError, match=r'train_dataloader\.dataset\.dataset\.data_prefix'
+    with pytest.raises(ConfigError, match=r'train_dataloader\.dataset\.dataset\.data_prefix'
                        r'\.seg_map_path'):
         tools.check_data_roots(cfg, ['train_dataloader'])
     (root / 'annotations' / 'training').mkdir(parents=True)
@@ -253,7 +254,7 @@ def test_dist_backend_and_resume_options(tmp_path_factory):
     tools.setup_resume(cfg, 'a/iter_2.pth')
     assert cfg.resume is True and cfg.load_from == 'a/iter_2.pth'
     cfg = Config(dict())
-    with pytest.raises(tools.ToolError, match='auto_scale_lr'):
+    with pytest.raises(ConfigError, match='auto_scale_lr'):
         tools.setup_auto_scale_lr(cfg, True)
     cfg = Config(dict(auto_scale_lr=dict(enable=False, base_batch_size=16)))
     tools.setup_auto_scale_lr(cfg, True)

@@ -21,7 +21,7 @@ throughput is divided by the baseline's; the median of those ratios and their sp
 printed with the median throughputs. ``--csv`` appends one row per candidate. Defaults: batch 8 at
 224x224, or batch 1 at 512x512 for segmentation models (the presets with ADE20K's 150 classes, or
 Cityscapes' 19 from 1024x1024 pixels up; ``--num-classes`` overrides). On CPU the allocator is set
-to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.utils.cpu_allocator`), for
+to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.engine.process`), for
 every model in the process alike.
 
 Memory: on CUDA the peak allocated memory of one step (``torch.cuda.max_memory_allocated``). On CPU,
@@ -38,15 +38,15 @@ import sys
 import time
 from datetime import datetime
 
-# Before torch allocates: huge pages for large CPU tensors (see mmc2f/utils/cpu_allocator.py).
-if os.environ.get('MMC2F_MALLOC_TUNING', '1') != '0':
-    os.environ.setdefault('THP_MEM_ALLOC_ENABLE', '1')
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from mmc2f.engine.process import huge_pages_environ  # noqa: E402  (imports no torch)
+
+huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
-from mmc2f.utils.cpu_allocator import tune_cpu_allocator  # noqa: E402
+from mmc2f.engine.process import setup_process  # noqa: E402
 
 SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 
@@ -317,7 +317,7 @@ def is_segmentation(name):
 
 def main(argv=None):
     args = parse_args(argv)
-    malloc_tuned = tune_cpu_allocator()  # reuse freed CPU memory (MMC2F_MALLOC_TUNING=0: off)
+    malloc_tuned = 'cpu_allocator' in setup_process(cpu_allocator=True)  # logged; env can disable
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-# The paper's figures (../shared/docs/reference.md): GFLOPs. SegNeXt's 512x512 figures are for
+# The papers' figures (Conv2Former and SegNeXt): GFLOPs. SegNeXt's 512x512 figures are for
 # ADE20K (150 classes), its 2048x1024 ones for Cityscapes (19 classes): --paper counts them so.
 PAPER_CLASSES = {(512, 512): 150, (1024, 2048): 19}
 PAPER = {

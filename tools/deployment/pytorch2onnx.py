@@ -55,17 +55,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-import mmc2f.registry  # noqa: F401,E402  isort:skip  (safe checkpoint loading)
 from mmengine.config import DictAction  # noqa: E402
 
-from mmc2f.apis import InferenceError, get_task, init_model, load_config  # noqa: E402
-from mmc2f.utils.checkpoint import CheckpointFormatError, UnsafeCheckpointError  # noqa: E402
+from mmc2f.apis import UserError, get_task, init_model, load_config  # noqa: E402
 
 #: The largest max-abs difference --verify accepts.
 TOLERANCE = 1e-4
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError):
     """The model cannot be exported as asked (printed, exit status 2)."""
 
 
@@ -359,8 +357,7 @@ def main(argv=None) -> int:
         wrapped, task, notes = build_export_module(
             cfg, args.checkpoint, deploy=args.deploy, seg_output=args.seg_output,
             nmf_seed=args.nmf_seed, cls_output=args.cls_output)
-    except (InferenceError, ExportError, CheckpointFormatError, UnsafeCheckpointError,
-            FileNotFoundError) as err:
+    except (UserError, FileNotFoundError) as err:  # ExportError is a UserError
         print(f'error: {err}', file=sys.stderr)
         return 2
     shape = tuple(args.shape) if args.shape else default_shape(cfg, task)

@@ -3,7 +3,7 @@
     python tools/misc/make_demo_data.py --out data/demo                 # seg, det and cls
     python tools/misc/make_demo_data.py --out data/demo --task seg --num-train 300 --num-val 60
 
-Layouts (see mmc2f/datasets/demo.py and docs/demo.md):
+Layouts (see mmc2f/datasets/synthetic.py and docs/demo.md):
     <out>/seg  ADE20K style: images/{training,validation}/*.jpg, annotations/{...}/*.png
                (labels: 0 background, 1 circle, 2 square, 3 triangle; reduce_zero_label=False)
     <out>/det  COCO: {train,val}/*.jpg, annotations/instances_{train,val}.json
@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from mmc2f.datasets.demo import DEMO_TASKS, make_demo_data
+from mmc2f.datasets import DEMO_TASKS, make_demo_data
 
 
 def parse_args(argv=None):

@@ -7,7 +7,7 @@
 * ``--ema`` converts ``state_dict_ema`` instead of ``state_dict``;
 * accepts the released ``attn.att.*`` and the earlier ``attn.a.*`` names;
 * detects the size (nano/tiny/small/base/large or custom) and the kernel size from the weights and
-  refuses if any key is unknown or missing for that size (:mod:`mmc2f.utils.convert.conv2former`);
+  refuses if any key is unknown or missing for that size (:mod:`mmc2f.apis.convert`);
 * writes ``{'state_dict': {name: tensor}, 'meta': {...}}`` (tensors, strings and ints only)
   atomically to DST.
 
@@ -26,9 +26,8 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmc2f import __version__  # noqa: E402
-from mmc2f.utils.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
-from mmc2f.utils.convert.conv2former import (convert_conv2former,  # noqa: E402
-                                              describe_conv2former)
+from mmc2f.apis.convert import convert_conv2former, describe_conv2former  # noqa: E402
+from mmc2f.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -24,8 +24,8 @@ try:
 except ImportError:  # running from a checkout without installing
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmc2f.utils.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
-from mmc2f.utils.convert.mscan import convert_mscan_checkpoint  # noqa: E402
+from mmc2f.apis.convert import convert_mscan_checkpoint  # noqa: E402
+from mmc2f.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
 
 
 def parse_args(argv=None):

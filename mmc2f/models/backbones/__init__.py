@@ -1,1 +1,1 @@
-from . import conv2former, mscan  # noqa: F401
+from . import conv2former, conv2former_iso, mscan  # noqa: F401

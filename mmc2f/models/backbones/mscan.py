@@ -1,3 +1,5 @@
+# SegNeXt's MSCAN, after the authors' code: https://github.com/Visual-Attention-Network/SegNeXt
+# (Guo et al., NeurIPS 2022).
 """MSCAN: the Multi-Scale Convolutional Attention Network, SegNeXt's encoder.
 
 Guo et al., "SegNeXt: Rethinking Convolutional Attention Design for Semantic Segmentation"
@@ -17,7 +19,7 @@ The parameter names (and hence the state-dict keys) are those of mmsegmentation 
 (``patch_embed{i}``, ``block{i}.{j}``, ``norm{i}``), so mmseg's ``mscan_*.pth`` files load
 unchanged; the authors' ImageNet checkpoints differ by one rename and are converted by
 ``tools/model_converters/mscan_to_mmc2f.py`` (or on the fly by ``init_cfg=dict(type='Pretrained',
-...)``).
+...)`` through :func:`checkpoint_filter_fn`).
 """
 import math
 import warnings
@@ -26,15 +28,17 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from mmcv.cnn import build_activation_layer, build_norm_layer
-from mmengine.model import BaseModule
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init
 
+from mmc2f.checkpoint.keymap import apply_key_map
+from mmc2f.ops import activation_name, fused_conv, fused_conv_add, fused_conv_mul
 from mmc2f.registry import MODELS
-from ..layers import (DropPath, LayerNorm2d, activation_name, bn_affine, drop_path_rates,
-                      fold_channel_affine, fold_output_scale, fused_conv, fused_conv_add,
-                      fused_conv_mul, init_layer_scale, layer_scale)
+from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
+from ..layers import DropPath, LayerNorm2d, drop_path_rates, init_layer_scale, layer_scale
+from .base import BaseBackbone
 
-__all__ = ['MSCA', 'SpatialAttention', 'Mlp', 'MSCABlock', 'StemConv', 'OverlapPatchEmbed', 'MSCAN']
+__all__ = ['MSCA', 'SpatialAttention', 'Mlp', 'MSCABlock', 'StemConv', 'OverlapPatchEmbed', 'MSCAN',
+           'arch_settings', 'checkpoint_filter_fn', 'MSCAN_RULES', 'MSCAN_DROP']
 
 #: Paper variants (SegNeXt Table 1 / the authors' configs). ``drop_path_rate`` is the ImageNet /
 #: ADE20K value the authors used; any keyword given to :class:`MSCAN` overrides the table.
@@ -49,6 +53,21 @@ arch_settings: Dict[str, dict] = {
                   drop_path_rate=0.3),
 }
 _ARCH_ALIASES = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
+
+#: Checkpoint key map, authors' layout -> mmseg's (= mmc2f's): ``mlp.dwconv.dwconv`` -> ``mlp.dwconv``.
+MSCAN_RULES = [
+    (r'(block\d+\.\d+\.mlp\.dwconv)\.dwconv\.(weight|bias)', r'\1.\2'),  # authors -> mmseg
+    (r'(patch_embed\d+|block\d+|norm\d+)\..+', r'\g<0>'),  # identical in both layouts
+]
+#: keys deliberately discarded: the authors' ImageNet classifier.
+MSCAN_DROP = [r'head\..+']
+
+
+def checkpoint_filter_fn(state: Dict[str, torch.Tensor], model: Optional[nn.Module] = None,
+                         what: str = 'MSCAN checkpoint') -> Dict[str, torch.Tensor]:
+    """The authors' or mmseg's MSCAN weights in mmc2f's layout (the classifier ``head.*`` is
+    dropped). Raises :class:`~mmc2f.errors.KeyMapError` for a key of no MSCAN layout."""
+    return apply_key_map(state, MSCAN_RULES, drop=MSCAN_DROP, what=what)
 
 # mmseg 1.2.2's MSCAN defaults (used when neither ``arch`` nor the keyword is given).
 _MMSEG_DEFAULTS = dict(embed_dims=[64, 128, 256, 512], depths=[3, 4, 6, 3],
@@ -145,7 +164,7 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(x))
 
 
-class MSCABlock(nn.Module):
+class MSCABlock(FusedInference, nn.Module):
     """One MSCAN block (pre-norm with BatchNorm, layer scale ``1e-2``, stochastic depth)::
 
         x = x + DropPath(ls1 * SpatialAttention(BN1(x)))
@@ -169,35 +188,24 @@ class MSCABlock(nn.Module):
         self.layer_scale_2 = init_layer_scale(channels, layer_scale_init_value)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deployed and not self.training:
+        if self.fused:
             return self.forward_fused(x)
         x = x + self.drop_path(layer_scale(self.attn(self.norm1(x)), self.layer_scale_1))
         x = x + self.drop_path(layer_scale(self.mlp(self.norm2(x)), self.layer_scale_2))
         return x
 
-    # ---------------------------------------------------------------- inference-only fusion
-    deployed = False
-
-    @torch.no_grad()
-    def fuse(self) -> None:
-        """Precompute the weights of :meth:`forward_fused` (parameters and state dict untouched).
-
-        With ``BN1(x) = s1 x + t1`` and ``BN2(x) = s2 x + t2`` (running statistics):
-
-        * ``BN1`` is folded into ``proj_1`` and ``BN2`` into ``fc1`` (both 1x1: exact);
-        * ``ls1`` into ``proj_2`` and ``ls2`` into ``fc2``;
-        * the attention branch's own shortcut ``+ BN1(x)`` joins the block's: ``x + ls1 (P + s1 x
-          + t1) = ls1 P + ((1 + ls1 s1) x + ls1 t1)``, one per-channel affine of ``x``.
-
-        Stored as non-persistent buffers; call again after changing the weights.
-        """
+    def fused_weights(self) -> Dict[str, object]:
+        """With ``BN1(x) = s1 x + t1`` and ``BN2(x) = s2 x + t2`` (running statistics): ``BN1``
+        folded into ``proj_1``, ``BN2`` into ``fc1``, ``ls1`` into ``proj_2``, ``ls2`` into
+        ``fc2``; the attention branch's own shortcut ``+ BN1(x)`` joins the block's:
+        ``x + ls1 (P + s1 x + t1) = ls1 P + ((1 + ls1 s1) x + ls1 t1)``."""
         attn, mlp = self.attn, self.mlp
         s1, t1 = bn_affine(self.norm1)
         s2, t2 = bn_affine(self.norm2)
         ls1, ls2 = self.layer_scale_1, self.layer_scale_2
-        self.fused_acts = tuple(activation_name(m) for m in (attn.activation, mlp.act))
-        if None in self.fused_acts:
-            raise NotImplementedError(f'MSCABlock.fuse: cannot fuse the activations '
+        acts = tuple(activation_name(m) for m in (attn.activation, mlp.act))
+        if None in acts:
+            raise NotImplementedError(f'MSCABlock: cannot fuse the activations '
                                       f'{attn.activation}, {mlp.act}; supported: nn.GELU(), '
                                       'nn.ReLU')
         folded = {
@@ -207,10 +215,10 @@ class MSCABlock(nn.Module):
             'fc2': fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, ls2),
             'shortcut': ((1 + ls1 * s1).view(1, -1, 1, 1), (ls1 * t1).view(1, -1, 1, 1)),
         }
-        for name, (weight, bias) in folded.items():
-            self.register_buffer(f'fused_{name}_weight', weight.detach().clone(), persistent=False)
-            self.register_buffer(f'fused_{name}_bias', bias.detach().clone(), persistent=False)
-        self.deployed = True
+        out: Dict[str, object] = {'acts': acts}
+        out.update({f'{name}_{kind}': t for name, wb in folded.items()
+                    for kind, t in zip(('weight', 'bias'), wb)})
+        return out
 
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The block for inference with the weights of :meth:`fuse` (``'`` = folded)::
@@ -287,31 +295,8 @@ class OverlapPatchEmbed(nn.Module):
         return self.norm(self.proj(x))
 
 
-def _resolve_arch(arch: Optional[Union[str, dict]], explicit: dict) -> dict:
-    """Merge ``arch_settings[arch]`` (or mmseg's defaults) with the explicitly given keywords."""
-    if arch is None:
-        base = dict(_MMSEG_DEFAULTS)
-    elif isinstance(arch, dict):
-        unknown = set(arch) - set(_MMSEG_DEFAULTS)
-        if unknown:
-            raise ValueError(f'MSCAN: custom arch dict has unknown keys {sorted(unknown)}; '
-                           f'allowed: {sorted(_MMSEG_DEFAULTS)}')
-        base = dict(_MMSEG_DEFAULTS, **arch)
-    elif isinstance(arch, str):
-        name = _ARCH_ALIASES.get(arch.lower(), arch.lower())
-        if name not in arch_settings:
-            raise ValueError(f'MSCAN: unknown arch "{arch}"; choose one of '
-                           f'{sorted(arch_settings)} (or the aliases {sorted(_ARCH_ALIASES)}), '
-                           'or give a dict / the keywords embed_dims, depths, mlp_ratios')
-        base = dict(arch_settings[name])
-    else:
-        raise TypeError(f'MSCAN: arch must be a str, a dict or None, got {type(arch).__name__}')
-    base.update({k: v for k, v in explicit.items() if v is not None})
-    return base
-
-
 @MODELS.register_module()
-class MSCAN(BaseModule):
+class MSCAN(BaseBackbone):
     """SegNeXt's MSCAN backbone (drop-in replacement for mmseg's ``MSCAN``, plus ``arch``).
 
     Outputs the four stage features, ``[(B, C_i, H / 2^(i+2), W / 2^(i+2)) for i in 0..3]``
@@ -353,7 +338,19 @@ class MSCAN(BaseModule):
         arch (str | dict, optional): ``'tiny' | 'small' | 'base' | 'large'`` (or ``t/s/b/l``), or a
             dict of ``embed_dims``/``depths``/``mlp_ratios``/``drop_path_rate``. Explicit keywords
             override the arch's values. ``None`` (default): mmseg's defaults.
+        frozen_stages (int): ``-1`` (default) nothing; ``0`` the stem (``patch_embed1``); ``k``:
+            stages ``0 .. k - 1`` (embedding, blocks, norm).
+        norm_eval (bool): keep every BatchNorm in eval mode in training. Defaults to False.
+        with_cp (bool): gradient checkpointing per block. Defaults to False.
     """
+
+    arch_settings = arch_settings
+    arch_aliases = _ARCH_ALIASES
+    arch_optional = tuple(_MMSEG_DEFAULTS)
+    arch_defaults = _MMSEG_DEFAULTS
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    pretrained_hint = ('Is it an MSCAN checkpoint of this size (arch / embed_dims / depths)? '
+                       "Convert the authors' files with tools/model_converters/mscan_to_mmc2f.py.")
 
     def __init__(self,
                  in_channels: int = 3,
@@ -369,7 +366,10 @@ class MSCAN(BaseModule):
                  norm_cfg: dict = dict(type='SyncBN', requires_grad=True),
                  pretrained: Optional[str] = None,
                  init_cfg: Optional[Union[dict, List[dict]]] = None,
-                 arch: Optional[Union[str, dict]] = None):
+                 arch: Optional[Union[str, dict]] = None,
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 with_cp: bool = False):
         super().__init__(init_cfg=init_cfg)
         if init_cfg and pretrained:
             raise ValueError('MSCAN: init_cfg and pretrained cannot be set at the same time')
@@ -380,8 +380,8 @@ class MSCAN(BaseModule):
         elif pretrained is not None:
             raise TypeError('MSCAN: pretrained must be a str or None')
 
-        cfg = _resolve_arch(arch, dict(embed_dims=embed_dims, depths=depths,
-                                       mlp_ratios=mlp_ratios, drop_path_rate=drop_path_rate))
+        cfg = self.resolve_arch(arch, dict(embed_dims=embed_dims, depths=depths,
+                                           mlp_ratios=mlp_ratios, drop_path_rate=drop_path_rate))
         embed_dims, depths = list(cfg['embed_dims']), list(cfg['depths'])
         mlp_ratios, drop_path_rate = list(cfg['mlp_ratios']), float(cfg['drop_path_rate'])
         if not 1 <= num_stages <= 4:
@@ -400,6 +400,9 @@ class MSCAN(BaseModule):
         self.mlp_ratios = mlp_ratios
         self.drop_path_rate = drop_path_rate
         self.num_stages = num_stages
+        self.frozen_stages = self.check_frozen_stages(frozen_stages, num_stages)
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
 
         dpr = drop_path_rates(depths, drop_path_rate)
         for i in range(num_stages):
@@ -416,66 +419,27 @@ class MSCAN(BaseModule):
             setattr(self, f'block{i + 1}', blocks)
             # mmseg's per-stage nn.LayerNorm(C) uses eps 1e-5 (not the 1e-6 of Conv2Former).
             setattr(self, f'norm{i + 1}', LayerNorm2d(embed_dims[i], eps=1e-5))
+        self._freeze_stages()
 
-    # ------------------------------------------------------------------ init / loading
-    def init_weights(self):
-        """mmseg's initialisation, or a checked load of a pretrained checkpoint.
+    def default_init(self) -> None:
+        """mmseg's initialisation: Conv2d ``N(0, sqrt(2 / fan_out))`` with ``fan_out = k_h k_w
+        C_out / groups``, zero bias; LayerNorm weight 1, bias 0; Linear trunc-normal(0.02)."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_init(m, std=.02, bias=0.)
+            elif isinstance(m, nn.LayerNorm):
+                constant_init(m, val=1.0, bias=0.)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                normal_init(m, mean=0, std=math.sqrt(2.0 / fan_out), bias=0)
 
-        * ``init_cfg=None``: Conv2d ``N(0, sqrt(2 / fan_out))`` with ``fan_out = k_h k_w C_out /
-          groups``, zero bias; LayerNorm weight 1, bias 0; Linear trunc-normal(0.02) (none here).
-        * ``init_cfg=dict(type='Pretrained', ...)``: see :meth:`load_pretrained`.
-        * any other ``init_cfg``: MMEngine's :meth:`BaseModule.init_weights`.
-        """
-        cfg = self.init_cfg
-        if cfg is None:
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    trunc_normal_init(m, std=.02, bias=0.)
-                elif isinstance(m, nn.LayerNorm):
-                    constant_init(m, val=1.0, bias=0.)
-                elif isinstance(m, nn.Conv2d):
-                    fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                    normal_init(m, mean=0, std=math.sqrt(2.0 / fan_out), bias=0)
-            self._is_init = True
-        elif isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            unknown = set(cfg) - {'type', 'checkpoint', 'prefix', 'map_location', 'strict'}
-            if unknown:
-                raise KeyError(f'MSCAN: unknown keys {sorted(unknown)} in Pretrained init_cfg')
-            self.load_pretrained(cfg['checkpoint'], prefix=cfg.get('prefix'),
-                                 map_location=cfg.get('map_location', 'cpu'),
-                                 strict=cfg.get('strict', True))
-            self._is_init = True
-        else:
-            super().init_weights()
+    def stage_modules(self, stage: int) -> List[nn.Module]:
+        return [getattr(self, f'{name}{stage + 1}') for name in ('patch_embed', 'block', 'norm')]
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None,
-                        map_location='cpu', strict: bool = True):
-        """Load MSCAN weights from a file or URL, checking the key layout.
-
-        Accepts mmseg's ``mscan_*.pth`` (mmseg layout, bare or under ``state_dict``), the authors'
-        ImageNet checkpoints (``mlp.dwconv.dwconv.*``, ``head.*``; converted in memory, head
-        dropped) and full segmentor checkpoints with ``prefix='backbone.'``. Local files are read
-        with ``weights_only=True`` through :mod:`mmc2f.utils.checkpoint`.
-
-        Raises:
-            CheckpointFormatError: keys missing/unexpected or shapes differ (``strict=True``).
-        """
-        from mmc2f.utils.checkpoint import load_pretrained_weights
-        from mmc2f.utils.convert.mscan import convert_mscan_state_dict
-        load_pretrained_weights(
-            self, checkpoint, prefix=prefix, map_location=map_location, strict=strict,
-            convert=lambda state: convert_mscan_state_dict(
-                state, what=f'MSCAN checkpoint "{checkpoint}"'),
-            hint='Is it an MSCAN checkpoint of this size (arch / embed_dims / depths)? Convert '
-                 "the authors' files with tools/model_converters/mscan_to_mmc2f.py.")
-
-    # ------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W) -> [(B, C_i, H_i, W_i)]`` for the ``num_stages`` stages."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f'MSCAN expects input of shape (B, {self.in_channels}, H, W), got '
-                             f'{tuple(x.shape)}')
-        fused = self.deployed and not self.training
+        self.check_input(x)
+        fused = self.fused
         if fused:
             # NHWC memory: oneDNN's depthwise (strip) kernels are several times faster in it.
             x = x.contiguous(memory_format=torch.channels_last)
@@ -483,8 +447,7 @@ class MSCAN(BaseModule):
         for i in range(self.num_stages):
             embed = getattr(self, f'patch_embed{i + 1}')
             x = self._embed_fused(i, x) if fused else embed(x)
-            for block in getattr(self, f'block{i + 1}'):
-                x = block(x)
+            x = self.run_blocks(getattr(self, f'block{i + 1}'), x)
             x = getattr(self, f'norm{i + 1}')(x)
             # Outputs in plain NCHW memory (heads and mmcv ops expect it); the fused path keeps
             # NHWC for the next stage.
@@ -493,38 +456,23 @@ class MSCAN(BaseModule):
                 x = outs[-1]
         return tuple(outs)
 
-    # ---------------------------------------------------------------- inference-only fusion
-    deployed = False
-
-    @torch.no_grad()
-    def switch_to_deploy(self) -> 'MSCAN':
-        """Switch inference (eval mode) to fused kernels in NHWC memory; training is unaffected.
-
-        Every BatchNorm is folded into the convolution before it (embeddings) or after it (the
-        blocks' 1x1 convs), layer scales into the output convs, and each convolution runs with its
-        activation, residual add or attention product in one kernel (oneDNN post-ops on CPU; the
-        same ops unfused on other devices, in half precision or in ONNX export). Parameters, the
-        state dict and the train-mode graph are unchanged: ``train()`` runs the original modules,
-        ``eval()`` the fused ones, whose outputs equal the unfused model's up to float rounding.
-        Call it after loading weights (and again after changing them). Returns ``self``.
-        """
+    def fused_weights(self) -> Dict[str, object]:
+        """Every embedding BatchNorm folded into the conv before it. The blocks fuse themselves
+        (BN, layer scale and shortcut folds; activation, residual add and attention product in
+        the conv kernels), so the deployed forward runs in NHWC memory."""
+        out: Dict[str, object] = {}
         for i in range(self.num_stages):
             embed = getattr(self, f'patch_embed{i + 1}')
             convs = ([(embed.proj[0], embed.proj[1]), (embed.proj[3], embed.proj[4])]
                      if i == 0 else [(embed.proj, embed.norm)])
             for j, (conv, bn) in enumerate(convs):
-                weight, bias = fold_output_scale(conv.weight, conv.bias, *bn_affine(bn))
-                self.register_buffer(f'fused_embed{i + 1}_{j}_weight', weight, persistent=False)
-                self.register_buffer(f'fused_embed{i + 1}_{j}_bias', bias, persistent=False)
-            if i == 0:
-                self.fused_stem_act = activation_name(embed.proj[2])
-                if self.fused_stem_act is None:
-                    raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem '
-                                              f'activation {embed.proj[2]}')
-            for block in getattr(self, f'block{i + 1}'):
-                block.fuse()
-        self.deployed = True
-        return self
+                out.update(zip((f'embed{i + 1}_{j}_weight', f'embed{i + 1}_{j}_bias'),
+                               fold_output_scale(conv.weight, conv.bias, *bn_affine(bn))))
+        out['stem_act'] = activation_name(self.patch_embed1.proj[2])
+        if out['stem_act'] is None:
+            raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem activation '
+                                      f'{self.patch_embed1.proj[2]}')
+        return out
 
     def _embed_fused(self, i: int, x: torch.Tensor) -> torch.Tensor:
         embed = getattr(self, f'patch_embed{i + 1}')

@@ -1,3 +1,5 @@
+# SegNeXt's light Hamburger head, after the authors' code: https://github.com/Visual-Attention-Network/SegNeXt
+# (Guo et al., NeurIPS 2022) and mmsegmentation 1.x.
 """SegNeXt's light Hamburger decode head (the only mmc2f module built on mmseg's BaseDecodeHead).
 
     inputs[in_index] (strides 8/16/32) --resize to the first--> concat      (B, sum C_i, H, W)
@@ -16,9 +18,9 @@ from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.models.utils import resize
 
+from mmc2f.ops import resize_bilinear
 from mmc2f.registry import MODELS
 from .nmf import NMF2D, normalize_ham_kwargs
-from .resize import resize_bilinear
 
 __all__ = ['Hamburger', 'LightHamHead']
 

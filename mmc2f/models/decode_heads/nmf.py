@@ -1,3 +1,5 @@
+# NMF of Hamburger (Geng et al., ICLR 2021: https://github.com/Gsunshine/Enjoy-Hamburger), as used by SegNeXt
+# (https://github.com/Visual-Attention-Network/SegNeXt).
 """NMF2D: the matrix decomposition ("ham") inside SegNeXt's light Hamburger.
 
 Geng et al., "Is Attention Better Than Matrix Decomposition?" (ICLR 2021). No parameters; no mmseg

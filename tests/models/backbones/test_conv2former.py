@@ -1,33 +1,21 @@
 """Conv2Former / Conv2FormerIsotropic backbones (CPU, small inputs; full sizes only on 'meta')."""
-import importlib.util
-import os.path as osp
-import sys
-
 import pytest
 import torch
 import torch.nn as nn
+from _reference.checkpoints import reference_module
 
-from mmc2f.models.backbones.conv2former import Block, Conv2Former, Conv2FormerIsotropic
+from mmc2f.models.backbones.conv2former import Block, Conv2Former
+from mmc2f.models.backbones.conv2former_iso import Conv2FormerIsotropic
 from mmc2f.models.layers import LayerNorm2d
-from mmc2f.utils.checkpoint import load_state_dict_checked
+from mmc2f.checkpoint import load_state_dict_checked
 
 ARCHS = ['nano', 'tiny', 'small', 'base', 'large']
-# Backbone parameters (no classifier) of the released models, docs/reference.md §1.
+# Backbone parameters (no classifier) of the authors' released models.
 BACKBONE_PARAMS_M = {'nano': 13.05, 'tiny': 24.68, 'small': 48.01, 'base': 87.76, 'large': 196.30}
 # A small custom size for the forward tests: runs in milliseconds.
 SMALL = dict(dims=[16, 32, 48, 64], depths=[1, 2, 4, 1], kernel_size=5)
 
 
-def load_reference():
-    """tests/_reference/authors_conv2former.py (the test-only re-implementation of the authors')."""
-    name = 'authors_conv2former'
-    if name not in sys.modules:
-        path = osp.join(osp.dirname(__file__), '..', '..', '_reference', f'{name}.py')
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def n_params(model):
@@ -70,7 +58,7 @@ def test_aliases_kernel_override_and_bad_arch():
 
 @pytest.mark.parametrize('arch', ['nano', 'small'])
 def test_key_layout_is_the_authors(arch):
-    ref = load_reference()
+    ref = reference_module()
     with torch.device('meta'):
         ours = Conv2Former(arch).state_dict()
         theirs = ref.build_reference(arch).state_dict()
@@ -255,7 +243,7 @@ def test_block_without_layer_scale():
 
 @pytest.mark.parametrize('arch', ['small_custom', 'nano'])
 def test_numerically_equivalent_to_authors_model(arch):
-    ref_mod = load_reference()
+    ref_mod = reference_module()
     spec = (SMALL['dims'], SMALL['depths'], SMALL['kernel_size']) if arch == 'small_custom' \
         else arch
     reference = ref_mod.randomize_(ref_mod.build_reference(spec)).eval()
@@ -282,7 +270,7 @@ def test_training_gradients_equal_authors_model():
     """Train mode (NHWC matrix-product 1x1 convs, the large-kernel depthwise backward of
     mmc2f.models.layers): outputs and every parameter's and the input's gradient as the authors'
     model computes them."""
-    ref_mod = load_reference()
+    ref_mod = reference_module()
     spec = (SMALL['dims'], SMALL['depths'], SMALL['kernel_size'])
     reference = ref_mod.randomize_(ref_mod.build_reference(spec)).train()
     ours = Conv2Former(dict(dims=spec[0], depths=spec[1], kernel_size=spec[2])).train()
@@ -358,71 +346,6 @@ def test_get_layer_depth_equals_convnext_rule_on_convnext_depths(depths):
             convnext.get_layer_depth(name, 'backbone.' if name.startswith('head') else ''), name
 
 
-# --------------------------------------------------------------------------------------------
-# isotropic variants
-
-
-@pytest.mark.parametrize('patch_embed', ['1conv', '3conv'])
-def test_isotropic_shapes(patch_embed):
-    model = Conv2FormerIsotropic(dict(embed_dims=32, depth=2), patch_embed=patch_embed,
-                                 final_norm=True).eval()
-    (out, ) = model(torch.randn(2, 3, 64, 80))
-    assert out.shape == (2, 32, 4, 5)
-    assert 'norm.weight' in model.state_dict()
-    assert len(model.blocks) == 2 and isinstance(model.blocks[0], Block)
-    with pytest.raises(ValueError, match='3 input channels'):
-        model(torch.randn(1, 1, 64, 64))
-    with pytest.raises(ValueError, match='at least'):
-        model(torch.randn(1, 3, 8, 64))
-    with pytest.raises(ValueError, match='patch_embed'):
-        Conv2FormerIsotropic('small', patch_embed='2conv')
-    with pytest.raises(ValueError, match="unknown Conv2FormerIsotropic arch.*'small'"):
-        Conv2FormerIsotropic('tiny')
-
-
-def test_isotropic_layer_depth():
-    model = Conv2FormerIsotropic(dict(embed_dims=16, depth=4), final_norm=True)
-    assert model.get_layer_depth('patch_embed.weight') == (0, 6)
-    assert [model.get_layer_depth(f'blocks.{j}.mlp.fc1.weight')[0] for j in range(4)] == \
-        [1, 2, 3, 4]
-    assert model.get_layer_depth('norm.weight') == (5, 6)
-    assert model.get_layer_depth('head.fc.weight', 'backbone.') == (5, 6)
-
-
-@pytest.mark.parametrize('arch,dims,backbone_m,backbone_g,target_m,target_g', [
-    ('small', 320, 21.54, 4.21, 23.0, 4.3),
-    ('base', 640, 83.62, 16.37, 86.0, 16.5),
-])
-def test_isotropic_size_matches_paper(arch, dims, backbone_m, backbone_g, target_m, target_g):
-    """Params and multiply-adds at 224x224 (mmengine's counter), with and without the authors'
-    classifier head (Conv2FormerNeck + Linear(1280, 1000)) -- within 3% of the paper's sizes.
-
-    Every layer of the '1conv' model runs at stride 16 (or is pooled), so the count is exactly
-    proportional to the number of tokens: the counter runs at 32x32 (4 tokens) and is scaled by
-    196 / 4 = 49 to keep the test fast (checked once at 224: IS 4.21064448G both ways).
-    """
-    from mmengine.analysis import get_model_complexity_info
-
-    from mmc2f.models.necks.conv2former_neck import Conv2FormerNeck
-    model = Conv2FormerIsotropic(arch)
-    assert model.embed_dims == dims and model.depth == 18
-    neck, fc = Conv2FormerNeck(dims), nn.Linear(1280, 1000)
-
-    def macs(module, shape):
-        info = get_model_complexity_info(module, input_shape=shape, show_table=False,
-                                         show_arch=False)
-        return info['flops']
-
-    backbone_macs = macs(model, (3, 32, 32)) * 49
-    head_macs = macs(neck, (dims, 2, 2)) * 49 + 1280 * 1000  # the Linear runs once per image
-    assert round(n_params(model) / 1e6, 2) == backbone_m
-    assert round(backbone_macs / 1e9, 2) == backbone_g
-    total_m = (n_params(model) + n_params(neck) + n_params(fc)) / 1e6
-    total_g = (backbone_macs + head_macs) / 1e9
-    assert abs(total_m - target_m) / target_m < 0.03, total_m
-    assert abs(total_g - target_g) / target_g < 0.03, total_g
-
-
 # ------------------------------------------------------------------ inference-only fused path
 @pytest.mark.parametrize('onednn', [True, False])
 def test_switch_to_deploy_matches_eval_outputs(onednn, randomised, run_deployed):
@@ -444,7 +367,7 @@ def test_switch_to_deploy_keeps_training_graph(randomised, check_train_mode_unch
 
 
 def test_pretrained_init_is_strict_and_names_keys(tmp_path):
-    from mmc2f.utils.checkpoint import CheckpointFormatError
+    from mmc2f.checkpoint import CheckpointFormatError
     arch = dict(dims=[16, 32, 48, 64], depths=[1, 1, 1, 1])
     source = Conv2Former(arch=arch, kernel_size=5)
     source.init_weights()

@@ -4,19 +4,11 @@ import torch
 from mmseg.models.backbones import MSCAN as MMSegMSCAN
 
 from mmc2f.models.backbones.mscan import MSCAN, MSCABlock, arch_settings
-from mmc2f.utils.checkpoint import CheckpointFormatError
+from mmc2f.checkpoint import CheckpointFormatError
 
 BN = dict(type='BN', requires_grad=True)
 PARAMS_M = dict(tiny=3.904, small=13.450, base=26.278, large=44.637)
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny tensors: one intra-op thread is faster and immune to a busy shared machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _mmseg_for(arch, **kw):
@@ -85,7 +77,7 @@ def test_arch_and_overrides():
     assert MSCAN(arch='tiny', drop_path_rate=0., depths=[1, 1, 1, 1],
                  norm_cfg=BN).drop_path_rate == 0.
     with pytest.raises(ValueError,
-                       match=r"unknown arch \"huge\".*'base', 'large', 'small', 'tiny'"):
+                       match=r"unknown MSCAN arch \"huge\".*'tiny', 'small', 'base', 'large'"):
         MSCAN(arch='huge')
 
 
@@ -97,7 +89,7 @@ def test_block_shapes():
 
 def test_input_channels_checked():
     m = MSCAN(arch='tiny', depths=[1, 1, 1, 1], norm_cfg=BN).eval()
-    with pytest.raises(ValueError, match=r'\(B, 3, H, W\).*\(1, 4, 32, 32\)'):
+    with pytest.raises(ValueError, match=r'built for 3 input channels.*\(1, 4, 32, 32\)'):
         m(torch.randn(1, 4, 32, 32))
     m4 = MSCAN(arch='tiny', in_channels=4, depths=[1, 1, 1, 1], norm_cfg=BN).eval()
     assert [o.shape[1] for o in m4(torch.randn(1, 4, 32, 32))] == [32, 64, 160, 256]
@@ -187,7 +179,7 @@ def test_switch_to_deploy_matches_mmseg(onednn, randomised, run_deployed):
     # The comparison can fail: the fused weights are computed once, a later change is not seen.
     with torch.no_grad():
         fused.block4[0].layer_scale_2.mul_(3.0)
-        fused.block4[0].fuse()
+        fused.block4[0].switch_to_deploy()
         assert ((fused(x)[3] - exp[3]).norm() / exp[3].norm()).item() > 1e-3
 
 

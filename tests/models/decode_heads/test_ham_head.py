@@ -18,13 +18,6 @@ HEAD = dict(in_channels=[64, 160, 256], in_index=[1, 2, 3], channels=256, ham_ch
                             rand_init=True))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _feats(b=2, seed=0):
     g = torch.Generator().manual_seed(seed)

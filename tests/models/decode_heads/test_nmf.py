@@ -12,13 +12,6 @@ from mmc2f.models.decode_heads import nmf as nmf_module
 from mmc2f.models.decode_heads.nmf import NMF2D, measure_backward_memory, normalize_ham_kwargs
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _x(b=2, c=32, h=8, w=8, scale=1.0, seed=0):
     g = torch.Generator().manual_seed(seed)

@@ -1,0 +1,21 @@
+"""Kernels that know no model: each has a fast CPU path and a portable ATen path.
+
+* :mod:`.mode`: whether the fast paths may run (not under tracing, scripting, ONNX export or
+  ``torch.compile``);
+* :mod:`.depthwise`: large-kernel depthwise convolution with a batched-GEMM weight gradient, and
+  1x1 convolutions on NHWC tensors;
+* :mod:`.fused`: convolutions with their activation / residual add / product in one oneDNN
+  kernel;
+* :mod:`.resize`: bilinear upsampling of logits by an integer factor.
+"""
+from .depthwise import depthwise_conv, depthwise_weight_grad, pointwise_conv
+from .fused import (ACTIVATIONS, activation_name, channel_norm, fused_conv, fused_conv_add,
+                    fused_conv_binary, fused_conv_mul, onednn_available)
+from .mode import eager
+from .resize import resize_bilinear
+
+__all__ = [
+    'eager', 'depthwise_conv', 'depthwise_weight_grad', 'pointwise_conv', 'ACTIVATIONS',
+    'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add', 'fused_conv_binary',
+    'fused_conv_mul', 'onednn_available', 'resize_bilinear'
+]

@@ -1,0 +1,110 @@
+"""Convolutions fused with the elementwise work around them, for inference.
+
+On CPU in fp32 without autograd each call is one oneDNN kernel with a post-op
+(``torch.ops.mkldnn._convolution_pointwise``, what TorchInductor's CPU backend emits); everywhere
+else -- CUDA, half precision, autograd, tracing, ONNX export, ``torch.compile``, a build without
+oneDNN -- the same result comes from the unfused ATen ops.
+"""
+from typing import List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .mode import eager
+
+__all__ = ['ACTIVATIONS', 'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add',
+           'fused_conv_mul', 'fused_conv_binary', 'onednn_available']
+
+
+def _mkldnn_pointwise():
+    try:
+        op = torch.ops.mkldnn._convolution_pointwise
+        op.default, op.binary  # noqa: B018  (raises if this build lacks them)
+        return op if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_POINTWISE = _mkldnn_pointwise()
+
+#: activations a fused convolution can apply: name -> (oneDNN attr, algorithm, ATen function)
+ACTIVATIONS = {
+    'gelu': ('gelu', 'none', F.gelu),
+    'relu': ('relu', '', F.relu),
+}
+
+
+def onednn_available() -> bool:
+    """Whether this torch build has the oneDNN fused-convolution ops."""
+    return _POINTWISE is not None
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and eager())
+
+
+def _pair2(v) -> List[int]:
+    return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
+
+
+def activation_name(module: nn.Module) -> Optional[str]:
+    """The :data:`ACTIVATIONS` name of an activation module (``nn.GELU()``, ``nn.ReLU``), or
+    ``None`` if it cannot be fused (e.g. tanh-approximated GELU)."""
+    if isinstance(module, nn.GELU) and module.approximate == 'none':
+        return 'gelu'
+    if isinstance(module, nn.ReLU):
+        return 'relu'
+    return None
+
+
+def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               padding=0, stride=1, groups: int = 1, act: Optional[str] = None) -> torch.Tensor:
+    """``act(conv2d(x))`` in one kernel where possible; ``act`` is ``None``, ``'gelu'`` (exact
+    erf GELU, as ``nn.GELU()``) or ``'relu'``."""
+    if act is not None and act not in ACTIVATIONS:
+        raise ValueError(f'fused_conv: unsupported activation {act!r}; '
+                         f'supported: {sorted(ACTIVATIONS)}')
+    padding, stride = _pair2(padding), _pair2(stride)
+    if _use_onednn(x, weight):
+        attr, algorithm, _ = ACTIVATIONS[act] if act else ('none', '', None)
+        return _POINTWISE(x, weight, bias, padding, stride, [1, 1], groups, attr, [], algorithm)
+    out = F.conv2d(x, weight, bias, stride, padding, 1, groups)
+    return ACTIVATIONS[act][2](out) if act else out
+
+
+def fused_conv_add(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) + residual`` in one kernel where possible (the residual is not modified)."""
+    return fused_conv_binary(x, weight, bias, residual, 'add', padding, groups)
+
+
+def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                   other: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) * other`` (a Hadamard product) in one kernel where possible."""
+    return fused_conv_binary(x, weight, bias, other, 'mul', padding, groups)
+
+
+def fused_conv_binary(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      other: torch.Tensor, binary: str, padding=0, groups: int = 1) -> torch.Tensor:
+    """``conv2d(x) (+|*) other`` with ``binary`` ``'add'`` or ``'mul'``; ``other`` has the conv's
+    output shape and is not modified."""
+    if binary not in ('add', 'mul'):
+        raise ValueError(f"binary must be 'add' or 'mul', got {binary!r}")
+    padding = _pair2(padding)
+    if _use_onednn(x, weight) and other.dtype == torch.float32 and \
+            other.shape[1] == weight.shape[0]:
+        return _POINTWISE.binary(x, other, weight, bias, padding, [1, 1], [1, 1], groups,
+                                 binary, None, None, [], None)
+    out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
+    return out + other if binary == 'add' else out * other
+
+
+def channel_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Normalise an NCHW tensor over channels, without affine: ``(B, C, H, W) -> (B, C, H, W)``."""
+    # int(): the channel count is static; traced (ONNX export) it must stay a constant.
+    y = F.layer_norm(x.permute(0, 2, 3, 1), (int(x.shape[1]), ), None, None, eps)
+    return y.permute(0, 3, 1, 2)

@@ -1,0 +1,74 @@
+"""Bilinear upsampling of logits by an integer factor, written once into the output.
+
+The decode head's stride-8 logits are resized to the input size at inference (mmseg's
+``predict_by_feat``): at 512x512 with 150 classes that is a 157 MB output, and PyTorch's CPU kernel
+spends about as long on it as on the decode head. For an integer factor ``s`` each output row (and
+column) ``s q + p`` is a fixed blend of input rows ``q - 1, q`` or ``q, q + 1`` with a weight that
+depends only on the phase ``p``, so the resize is ``s`` strided ``lerp`` calls per axis over
+views, with no index tensors and one write of the output:
+
+    align_corners=False:  src(j) = (j + 0.5) / s - 0.5,  i0 = floor(src) (clamped to >= 0),
+                          out[j] = x[i0] + (src - i0) (x[min(i0 + 1, n - 1)] - x[i0])
+
+(PyTorch's definition). Results equal ``F.interpolate(..., mode='bilinear')`` up to float rounding
+(1e-6 relative). Other cases (non-integer factors, ``align_corners=True``, a downsampling, autograd)
+use ``F.interpolate``.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .mode import eager
+
+__all__ = ['resize_bilinear']
+
+
+def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = False
+                    ) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bilinear', align_corners=align_corners)`` for
+    ``(B, C, H, W)`` tensors; integer upsampling factors take the phase-wise path above."""
+    out_h, out_w = int(size[0]), int(size[1])
+    in_h, in_w = x.shape[-2:]
+    fast = (not align_corners and x.dim() == 4 and x.is_floating_point()
+            and not (torch.is_grad_enabled() and x.requires_grad) and eager()
+            and in_h > 0 and in_w > 0
+            and out_h % in_h == 0 and out_w % in_w == 0 and (out_h, out_w) != (in_h, in_w))
+    if not fast:
+        return F.interpolate(x, size=(out_h, out_w), mode='bilinear', align_corners=align_corners)
+    x = x.contiguous()
+    b, c = x.shape[:2]
+    # along W first (the smaller intermediate), then along H straight into the output
+    tmp = x.new_empty(b, c, in_h, out_w)
+    _upsample_dim(x, tmp, out_w // in_w, dim=3)
+    out = x.new_empty(b, c, out_h, out_w)
+    _upsample_dim(tmp, out, out_h // in_h, dim=2)
+    return out
+
+
+def _phase_weights(s: int):
+    """Per phase ``p``: (``True`` if it blends rows ``q - 1, q``, else ``q, q + 1``; weight)."""
+    for p in range(s):
+        src = (p + 0.5) / s - 0.5  # relative to q
+        if src < 0:
+            yield p, True, 1.0 + src
+        else:
+            yield p, False, src
+
+
+def _upsample_dim(x: torch.Tensor, out: torch.Tensor, s: int, dim: int) -> None:
+    """Write ``x`` upsampled ``s`` times along ``dim`` into ``out`` (same shape otherwise)."""
+    n = x.shape[dim]
+    # [..., q, p, ...] = out[..., s q + p, ...]
+    view = out.unflatten(dim, (n, s))
+    lo, hi = x.narrow(dim, 0, n - 1), x.narrow(dim, 1, n - 1)
+    for p, left, w in _phase_weights(s):
+        dst = view.select(dim + 1, p)  # (..., n, ...): output rows s q + p
+        if n == 1:
+            dst.copy_(x)
+        elif left:  # q >= 1 blends q - 1 and q; q = 0 is clamped to x[0]
+            torch.lerp(lo, hi, w, out=dst.narrow(dim, 1, n - 1))
+            dst.narrow(dim, 0, 1).copy_(x.narrow(dim, 0, 1))
+        else:  # q <= n - 2 blends q and q + 1; q = n - 1 is clamped to x[n - 1]
+            torch.lerp(lo, hi, w, out=dst.narrow(dim, 0, n - 1))
+            dst.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1))

@@ -1,0 +1,40 @@
+"""resize_bilinear: integer-factor upsampling by phase-wise lerps equals F.interpolate."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmc2f.ops import resize_bilinear
+
+
+@pytest.mark.parametrize('shape,size', [
+    ((1, 150, 16, 16), (128, 128)),  # stride 8, as the decode heads' logits
+    ((2, 19, 8, 16), (64, 128)),
+    ((1, 4, 5, 7), (20, 21)),  # different factors per axis, odd sizes
+    ((1, 3, 1, 4), (8, 8)),  # a single row
+    ((1, 2, 6, 6), (6, 18)),  # factor 1 along H
+    ((1, 2, 3, 3), (5, 7)),  # non-integer factors: F.interpolate itself
+    ((1, 2, 8, 8), (4, 4)),  # downsampling: F.interpolate itself
+])
+def test_equals_interpolate(shape, size):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    ref = F.interpolate(x, size, mode='bilinear', align_corners=False)
+    got = resize_bilinear(x, size)
+    assert got.shape == ref.shape and got.is_contiguous()
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_align_corners_and_channels_last_and_autograd():
+    x = torch.randn(1, 3, 4, 6).contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(resize_bilinear(x, (16, 24), align_corners=True),
+                               F.interpolate(x, (16, 24), mode='bilinear', align_corners=True))
+    torch.testing.assert_close(resize_bilinear(x, (16, 24)),
+                               F.interpolate(x, (16, 24), mode='bilinear', align_corners=False))
+    xi = x.clone().requires_grad_()
+    resize_bilinear(xi, (16, 24)).sum().backward()  # falls back to F.interpolate: differentiable
+    assert xi.grad is not None and xi.grad.shape == x.shape
+
+
+def test_the_comparison_can_fail():
+    x = torch.randn(1, 2, 4, 4)
+    ref = F.interpolate(x, (16, 16), mode='bilinear', align_corners=False)
+    assert not torch.allclose(resize_bilinear(x, (16, 16), align_corners=True), ref, atol=1e-3)
