@@ -40,7 +40,7 @@ def parse_args(argv=None):
                                 'an image and draw the result')
     p.add_argument('img', help='image file')
     p.add_argument('config', help='config file (mmseg, mmdet or mmpretrain default_scope)')
-    p.add_argument('checkpoint', help='checkpoint file')
+    p.add_argument('checkpoint', help='checkpoint file or URL (weights_only loading)')
     p.add_argument('--out-file', default=None,
                    help='output PNG (default: <image name>_<task>.png in the current folder)')
     p.add_argument('--device', default=None,
@@ -64,10 +64,13 @@ def parse_args(argv=None):
 def read_image(path: str) -> np.ndarray:
     """The image as RGB uint8 ``(H, W, 3)``."""
     import mmcv
-    img = mmcv.imread(path, channel_order='rgb') if osp.isfile(path) else None
-    if img is None:
-        raise ConfigError(f'cannot read image "{path}"')
-    return img
+    if not osp.isfile(path):
+        raise ConfigError(f'image "{path}" does not exist')
+    img = mmcv.imread(path)  # BGR; None when the file is not an image OpenCV can decode
+    if img is None or img.size == 0:
+        raise ConfigError(f'cannot read image "{path}": not an image file OpenCV can decode '
+                          '(jpg, png, bmp, tiff, webp ...)')
+    return np.ascontiguousarray(img[..., ::-1])
 
 
 def write_image(img_rgb: np.ndarray, out_file: str) -> None:

@@ -15,18 +15,19 @@ The checkpoint is read with torch's weights_only=True (mmc2f.checkpoint).
 """
 import argparse
 import os
-import sys
 
 from mmc2f.engine.process import huge_pages_environ  # noqa: E402  (imports no torch)
 
 huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from mmc2f.apis import cli  # noqa: E402
 from mmc2f.engine.process import setup_process  # noqa: E402
 from mmc2f.engine.runner import build_runner  # noqa: E402
-from mmc2f.errors import ConfigError, UserError  # noqa: E402
+from mmc2f.apis.data_check import check_data  # noqa: E402
+from mmc2f.apis.scope import SCOPE_TASKS  # noqa: E402
+from mmc2f.errors import ConfigError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -52,7 +53,10 @@ def parse_args(argv=None):
         help='override settings in the config, key=value pairs; no white space in a pair')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='skip the pass over the test data (files, pairs, sizes, labels)')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    cli.add_common_args(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -64,10 +68,8 @@ def build_cfg(args):
         raise ConfigError('--out-item needs --out')
     if not os.path.isfile(args.checkpoint) and '://' not in args.checkpoint:
         raise ConfigError(f'checkpoint "{args.checkpoint}" does not exist')
-    cfg = Config.fromfile(args.config)
+    cfg = cli.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
     scope = cli.init_scope(cfg, args.config)
     cli.set_work_dir(cfg, args.config, args.work_dir)
     cfg.load_from = args.checkpoint
@@ -81,20 +83,18 @@ def build_cfg(args):
     cli.setup_test_out(cfg, scope, args.out)
     cli.setup_dist_backend(cfg, args.launcher)
     cli.check_data_roots(cfg, ['test_dataloader'])
+    check_data(cfg, ['test_dataloader'], SCOPE_TASKS[scope], full_pass=not args.skip_data_check)
     return cfg, scope
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_process(cpu_allocator=True)  # logged; MMC2F_PROCESS_SETUP=0 turns it off
-    try:
+    with cli.exit_on_user_error(args.debug):
         cfg, scope = build_cfg(args)
-    except UserError as err:
-        print(f'{os.path.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
-        sys.exit(2)
-    runner = build_runner(cfg)
-    cli.add_dump_metric(runner, scope, args.out, args.out_item)
-    metrics = runner.test()
+        runner = build_runner(cfg)
+        cli.add_dump_metric(runner, scope, args.out, args.out_item)
+        metrics = runner.test()
     if args.out and args.out_item == 'metrics':
         import mmengine
         mmengine.dump(metrics, args.out)

@@ -9,18 +9,18 @@ becomes BN, and checkpoints load with torch's weights_only=True (mmc2f.checkpoin
 """
 import argparse
 import os
-import sys
 
 from mmc2f.engine.process import huge_pages_environ  # noqa: E402  (imports no torch)
 
 huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
 
-from mmengine.config import Config, DictAction  # noqa: E402
+from mmengine.config import DictAction  # noqa: E402
 
 from mmc2f.apis import cli  # noqa: E402
 from mmc2f.engine.process import setup_process  # noqa: E402
 from mmc2f.engine.runner import build_runner  # noqa: E402
-from mmc2f.errors import UserError  # noqa: E402
+from mmc2f.apis.data_check import check_data  # noqa: E402
+from mmc2f.apis.scope import SCOPE_TASKS  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,8 +43,12 @@ def parse_args(argv=None):
         'train_cfg.max_iters=100 "model.backbone.depths=[1,1,1,1]"; no white space in a pair')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='skip the pass over the data before training (files, pairs, sizes, '
+                        'label values); the cheap checks (non-empty datasets, num_classes) stay')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank.
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+    cli.add_common_args(parser)
     args = parser.parse_args(argv)
     if 'LOCAL_RANK' not in os.environ:
         os.environ['LOCAL_RANK'] = str(args.local_rank)
@@ -52,11 +56,9 @@ def parse_args(argv=None):
 
 
 def build_cfg(args):
-    cfg = Config.fromfile(args.config)
+    cfg = cli.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    cli.init_scope(cfg, args.config)
+    scope = cli.init_scope(cfg, args.config)
     cli.set_work_dir(cfg, args.config, args.work_dir)
     cli.setup_amp(cfg, args.amp)
     cli.setup_auto_scale_lr(cfg, args.auto_scale_lr)
@@ -66,19 +68,18 @@ def build_cfg(args):
     if cfg.get('val_cfg', None) is not None:
         loaders.append('val_dataloader')
     cli.check_data_roots(cfg, loaders)
+    check_data(cfg, loaders, SCOPE_TASKS[scope], full_pass=not args.skip_data_check and
+               int(os.environ.get('RANK', '0')) == 0, record_dir=cfg.work_dir)
     return cfg
 
 
 def main(argv=None):
     args = parse_args(argv)
     setup_process(cpu_allocator=True)  # logged; MMC2F_PROCESS_SETUP=0 turns it off
-    try:
+    with cli.exit_on_user_error(args.debug):
         cfg = build_cfg(args)
-    except UserError as err:
-        print(f'{os.path.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
-        sys.exit(2)
-    runner = build_runner(cfg)
-    runner.train()
+        runner = build_runner(cfg)
+        runner.train()
 
 
 if __name__ == '__main__':

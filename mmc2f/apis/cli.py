@@ -9,8 +9,10 @@ of the config's package would, plus the CPU fall-backs that this project needs:
 
 Errors are :class:`mmc2f.errors.ConfigError`; the tools print them and exit with status 2.
 """
+import contextlib
 import os
 import os.path as osp
+import sys
 import warnings
 from copy import deepcopy
 from typing import Iterator, List, Optional, Tuple
@@ -18,14 +20,35 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from mmengine.config import Config, ConfigDict
 
-from mmc2f.errors import ConfigError
+from mmc2f.errors import ConfigError, UserError
+from .config import load_config
 from .scope import init_scope
 
 __all__ = [
-    'init_scope', 'set_work_dir', 'setup_resume', 'setup_amp', 'setup_auto_scale_lr',
+    'exit_on_user_error', 'add_common_args', 'load_config', 'init_scope', 'set_work_dir', 'setup_resume', 'setup_amp', 'setup_auto_scale_lr',
     'setup_dist_backend', 'check_data_roots', 'trigger_visualization_hook', 'setup_tta',
     'setup_test_out', 'add_dump_metric'
 ]
+
+
+@contextlib.contextmanager
+def exit_on_user_error(debug: bool = False):
+    """Print a :class:`~mmc2f.errors.UserError` as one line, ``<tool>: error: ...``, and exit
+    with status 2; with ``debug`` the traceback is shown instead."""
+    try:
+        yield
+    except UserError as err:
+        if debug:
+            raise
+        print(f'{osp.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
+        sys.exit(2)
+
+
+def add_common_args(parser) -> None:
+    """``--debug`` (tracebacks for user errors) for every tool."""
+    parser.add_argument('--debug', action='store_true',
+                        help='show the full traceback of errors in the config, data or '
+                        'checkpoint instead of a one-line message')
 
 
 def set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> None:

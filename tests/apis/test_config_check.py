@@ -41,3 +41,25 @@ def test_every_shipped_config_passes(repo_root):
     assert len(paths) > 40
     for path in paths[:8]:  # loading is slow (mmseg metafiles); a sample suffices here
         check_mmc2f_types(Config.fromfile(path))
+
+
+@pytest.mark.parametrize('node,option', [
+    (dict(type='MSCAN', arch='tiny'), 'arch'),
+    (dict(type='MSCAN', with_cp=True, norm_cfg=dict(type='BN')), 'with_cp'),
+])
+def test_unprefixed_mscan_with_mmc2f_options_suggests_prefix(node, option):
+    cfg = Config(dict(default_scope='mmseg', model=dict(type='EncoderDecoder', backbone=node)))
+    with pytest.raises(UnscopedTypeError, match=rf'model.backbone.type = "MSCAN" builds '
+                       rf'mmseg.*MSCAN, which does not take {option} .*type="mmc2f.MSCAN"'):
+        check_mmc2f_types(cfg)
+
+
+def test_unprefixed_ham_head_with_mmc2f_nmf_options_suggests_prefix():
+    head = dict(type='LightHamHead', ham_channels=256, ham_kwargs=dict(MD_R=16, eval_seed=0))
+    cfg = Config(dict(default_scope='mmseg', model=dict(type='EncoderDecoder', decode_head=head)))
+    with pytest.raises(UnscopedTypeError, match=r'does not take ham_kwargs.eval_seed .*'
+                       r'type="mmc2f.LightHamHead"'):
+        check_mmc2f_types(cfg)
+    head['ham_kwargs'] = dict(MD_R=16)  # mmseg's own options: fine as written
+    cfg = Config(dict(default_scope='mmseg', model=dict(type='EncoderDecoder', decode_head=head)))
+    assert 'model.decode_head.type' in check_mmc2f_types(cfg)

@@ -20,7 +20,7 @@ from mmseg.models.utils import resize
 
 from mmc2f.ops import resize_bilinear
 from mmc2f.registry import MODELS
-from .nmf import NMF2D, normalize_ham_kwargs
+from .nmf import NMF_KWARGS, NMF2D, normalize_ham_kwargs
 
 __all__ = ['Hamburger', 'LightHamHead']
 
@@ -69,6 +69,9 @@ class LightHamHead(BaseDecodeHead):
             ``num_classes``, ``norm_cfg``, ...). ``input_transform`` is always
             ``'multiple_select'``.
     """
+
+    #: ``ham_kwargs`` keys that only mmc2f's NMF2D takes (mmseg's ignores them).
+    mmc2f_only_options = {'ham_kwargs': NMF_KWARGS}
 
     def __init__(self, ham_channels: int = 512, ham_kwargs: dict = dict(), **kwargs):
         transform = kwargs.pop('input_transform', 'multiple_select')

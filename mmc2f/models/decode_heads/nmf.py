@@ -38,7 +38,7 @@ HAM_KWARG_ALIASES = {
     'MD_S': 'md_s', 'MD_R': 'md_r', 'TRAIN_STEPS': 'train_steps', 'EVAL_STEPS': 'eval_steps',
     'INV_T': 'inv_t', 'RAND_INIT': 'rand_init',
 }
-_NMF_KWARGS = ('md_s', 'md_r', 'train_steps', 'eval_steps', 'inv_t', 'rand_init', 'eval_seed',
+NMF_KWARGS = ('md_s', 'md_r', 'train_steps', 'eval_steps', 'inv_t', 'rand_init', 'eval_seed',
                'one_step_grad', 'eps')
 
 
@@ -52,9 +52,9 @@ def normalize_ham_kwargs(ham_kwargs: Optional[dict]) -> dict:
     out: dict = {}
     for key, value in dict(ham_kwargs or {}).items():
         name = HAM_KWARG_ALIASES.get(key, key)
-        if name not in _NMF_KWARGS:
+        if name not in NMF_KWARGS:
             raise TypeError(f'NMF2D: unknown ham_kwargs key "{key}"; accepted: '
-                            f'{list(_NMF_KWARGS)} and the upper-case aliases '
+                            f'{list(NMF_KWARGS)} and the upper-case aliases '
                             f'{list(HAM_KWARG_ALIASES)}')
         if name in out and out[name] != value:
             raise TypeError(f'NMF2D: "{name}" given twice with different values '
