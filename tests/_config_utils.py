@@ -45,14 +45,32 @@ SCOPE_TASK = {'mmseg': 'seg', 'mmdet': 'det', 'mmpretrain': 'cls'}
 
 
 # --------------------------------------------------------------------------- discovery
-def config_paths() -> List[str]:
-    """Every ``*.py`` under ``configs/`` outside ``_base_`` folders, repo-relative, sorted."""
+#: A short-name config (``segnext_b_ade20k.py``): the whole file is one line that inherits a
+#: long-name config of the same folder, so the recipe lives in one place.
+ALIAS_RE = re.compile(r"_base_ = \['\./([^'/]+\.py)'\]")
+
+
+def alias_target(path: str) -> Optional[str]:
+    """The repo-relative config a short-name alias inherits; None for any other config."""
+    with open(os.path.join(REPO_ROOT, path)) as f:
+        m = ALIAS_RE.fullmatch(f.read().strip())
+    return os.path.join(os.path.dirname(path), m.group(1)) if m else None
+
+
+def config_paths(aliases: bool = False) -> List[str]:
+    """Every ``*.py`` under ``configs/`` outside ``_base_`` folders, repo-relative, sorted.
+
+    The recipes (long OpenMMLab names) by default; with ``aliases=True`` only the short-name
+    aliases (see :func:`alias_target`), which build exactly their target's model.
+    """
     found = []
     for root, dirs, files in os.walk(CONFIG_DIR):
         dirs[:] = sorted(d for d in dirs if d != '_base_' and not d.startswith(('.', '__')))
         for f in files:
             if f.endswith('.py'):
-                found.append(os.path.relpath(os.path.join(root, f), REPO_ROOT))
+                path = os.path.relpath(os.path.join(root, f), REPO_ROOT)
+                if (alias_target(path) is not None) == aliases:
+                    found.append(path)
     return sorted(found)
 
 

@@ -34,6 +34,12 @@ get smaller proposal / RoI budgets (``DET_LIMITS`` in ``_config_utils``: a Casca
 2-core machine two intra-op threads made these small steps 5-10x slower. Config loading caches
 MMEngine's per-``pkg::``-base metafile parsing (``_speed_up_package_bases``). Measured: the whole
 file in about 2.5-3 minutes on the shared 2-core machine.
+
+Short names (``configs/segnext/segnext_b_ade20k.py`` ...) are one-line aliases of a long-name
+config in the same folder (``_config_utils.alias_target``). They are not built again: the alias
+tests check that each required short name exists, that it is exactly one ``_base_`` line naming a
+real recipe, and that it loads to the very same config (so every check above applies to it); the
+tools name their work_dir after the file given (``work_dirs/segnext_b_ade20k``).
 """
 import logging
 import math
@@ -47,7 +53,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:  # pytest's default import mode already put it there
     sys.path.append(_HERE)
 from _config_utils import (CLS_SIZE, DENSE_SIZE, KNOWN_DATASETS, REPO_ROOT,  # noqa: E402
-                           build_model,
+                           alias_target, build_model,
                            build_optim_wrapper, config_paths, config_stem, dataset_token,
                            finite, has_mask_head, head_num_classes, iter_datasets,
                            iter_transforms, load_config, make_batch, model_task, name_batch,
@@ -55,6 +61,7 @@ from _config_utils import (CLS_SIZE, DENSE_SIZE, KNOWN_DATASETS, REPO_ROOT,  # n
                            representatives)
 
 CONFIGS = config_paths()
+ALIASES = config_paths(aliases=True)
 FULL_STEP = representatives(CONFIGS)
 
 
@@ -416,3 +423,44 @@ def test_readme_lists_every_config(folder):
     paths = SEGNEXT if folder == 'segnext' else UPERNET
     missing = [config_stem(p) for p in paths if os.path.basename(p) not in text]
     assert not missing, f'configs/{folder}/README.md does not list {missing}'
+
+
+# ------------------------------------------------------------------------------- short names
+def _required_short_names():
+    names = [f'segnext/segnext_{s}_{d}' for s in 'tsbl' for d in (
+        'ade20k', 'cityscapes', 'voc12aug', 'pascal-context-59', 'coco-stuff164k', 'isaid')]
+    names += [f'upernet/upernet_conv2former-{s}_ade20k' for s in 'tsbl']
+    names += ['mask_rcnn/mask-rcnn_conv2former-t_coco']
+    names += [f'cascade_rcnn/cascade-mask-rcnn_conv2former-{s}_coco' for s in 'tsb']
+    names += [f'conv2former/conv2former-{s}_in1k' for s in ('n', 't', 's', 'b', 'l', 'is', 'ib',
+                                                           'is-3conv', 'ib-3conv')]
+    names += [f'conv2former/conv2former-{s}_in21k' for s in 'sbl']
+    names += [f'conv2former/conv2former-{s}_in21k-pre_in1k' for s in 'sbl']
+    names += [f'conv2former/conv2former-{s}_in21k-pre_in1k-384px' for s in 'bl']
+    names += [f'mscan/mscan-{s}_in1k' for s in 'tsbl']
+    return sorted(os.path.join('configs', *n.split('/')) + '.py' for n in names)
+
+
+def test_short_names_complete():
+    assert sorted(set(_required_short_names()) - set(ALIASES)) == []
+    # one alias per recipe at most, and no alias of an alias
+    targets = [alias_target(p) for p in ALIASES]
+    assert len(set(targets)) == len(targets)
+    assert all(t in CONFIGS for t in targets), 'an alias names a missing or alias config'
+
+
+@pytest.mark.parametrize('path', ALIASES, ids=_ids(ALIASES))
+def test_short_name(path):
+    target = alias_target(path)
+    with open(os.path.join(REPO_ROOT, path)) as f:
+        assert len(f.read().strip().splitlines()) == 1, 'an alias is one _base_ line'
+    stem, long = config_stem(path), config_stem(target)
+    # the name's tokens agree with the target's: backbone/size and dataset
+    assert stem.split('_')[0] == long.split('_')[0]
+    if stem.startswith('segnext_'):  # segnext_b_* -> segnext_mscan-b_*
+        assert long.split('_')[1] == f"mscan-{stem.split('_')[1]}"
+    assert dataset_token(path) == dataset_token(target)
+    assert name_crop(path) in (None, name_crop(target))
+    cfg, ref = load_config(path), load_config(target)
+    assert cfg.to_dict() == ref.to_dict(), 'an alias must load to its target config'
+    assert cfg.get('work_dir') is None  # tools: ./work_dirs/<short name>

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The CPU demo, end to end: environment, synthetic data, training, evaluation (mIoU) and coloured
-# prediction overlays. Training + test take about 4-6 minutes on 2 CPU cores (docs/demo.md).
+# The CPU demo, end to end: environment, synthetic data, training, evaluation (mIoU), coloured
+# prediction overlays and learning curves. Training + test take about 4-6 minutes on 2 CPU cores
+# (docs/demo.md).
 #
 #   bash tools/run_demo.sh [--seed N] [--work-dir DIR] [--data DIR] [--skip-setup] [-- train.py args]
 #
@@ -28,7 +29,7 @@ while [[ $# -gt 0 ]]; do
     --data) DATA=$2; shift 2 ;;
     --skip-setup) SETUP=0; shift ;;
     --) shift; EXTRA=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run_demo.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -78,6 +79,10 @@ if [[ ${#SET_DATA[@]} -gt 0 ]]; then ARGS+=(--cfg-options "${SET_DATA[@]}"); fi
 "$PY" tools/test.py "$CONFIG" "$CKPT" "${ARGS[@]}" 2>&1 | tee "$WORK_DIR/test_output.log"
 t4=$(date +%s)
 
+# learning curves (loss, learning rate, validation mIoU) of the training log, next to the overlays
+"$PY" tools/analysis_tools/analyze_logs.py "$WORK_DIR" --out "$WORK_DIR/vis/curves.png" \
+  --title "$NAME (seed $SEED)" || echo "[run_demo] (learning curves not written)"
+
 MIOU="$(grep -oE 'Iter\(test\).*mIoU: [0-9.]+' "$WORK_DIR/test_output.log" | grep -oE 'mIoU: [0-9.]+' | tail -1)"
 echo
 echo "[run_demo] ================================================================="
@@ -88,3 +93,4 @@ echo "[run_demo] training log:        $(ls -d "$WORK_DIR"/2*/ | tail -1)"
 echo "[run_demo] test log + metrics:  $TEST_DIR/"
 echo "[run_demo] prediction overlays: $WORK_DIR/vis/vis_data/vis_image/ (left ground truth, right prediction)"
 echo "[run_demo] predicted label maps: $WORK_DIR/pred/ (PNG, values 0..3)"
+echo "[run_demo] learning curves:     $WORK_DIR/vis/curves.png (loss, lr, mIoU)"

@@ -20,6 +20,7 @@ from mmc2f.apis import cli  # noqa: E402
 from mmc2f.engine.process import setup_process  # noqa: E402
 from mmc2f.engine.runner import build_runner  # noqa: E402
 from mmc2f.apis.data_check import check_data  # noqa: E402
+from mmc2f.apis.recipes import check_stock_recipe  # noqa: E402
 from mmc2f.apis.scope import SCOPE_TASKS  # noqa: E402
 
 
@@ -59,6 +60,7 @@ def build_cfg(args):
     cfg = cli.load_config(args.config, args.cfg_options)
     cfg.launcher = args.launcher
     scope = cli.init_scope(cfg, args.config)
+    check_stock_recipe(cfg)  # stock components that cannot work with mmc2f models, named
     cli.set_work_dir(cfg, args.config, args.work_dir)
     cli.setup_amp(cfg, args.amp)
     cli.setup_auto_scale_lr(cfg, args.auto_scale_lr)

@@ -135,10 +135,10 @@ class NMF2D(nn.Module):
         self.eval_steps = int(explicit['eval_steps'])
         self.inv_t = explicit['inv_t']  # recorded only; temperature is 1 (see docstring)
         self.rand_init = bool(explicit['rand_init'])
-        self.eval_seed = None if explicit['eval_seed'] is None else int(explicit['eval_seed'])
         self.one_step_grad = bool(explicit['one_step_grad'])
         self.eps = float(explicit['eps'])
         self.channels = channels
+        self.eval_seed = explicit['eval_seed']
         if self.md_s < 1 or self.md_r < 1 or self.train_steps < 0 or self.eval_steps < 0:
             raise ValueError('NMF2D: md_s, md_r must be >= 1 and the step counts >= 0')
         if not self.rand_init:
@@ -153,6 +153,26 @@ class NMF2D(nn.Module):
                 f'eval_seed={self.eval_seed}, one_step_grad={self.one_step_grad}')
 
     # ------------------------------------------------------------------ bases
+    @property
+    def eval_seed(self) -> Optional[int]:
+        return self._eval_seed
+
+    @eval_seed.setter
+    def eval_seed(self, seed: Optional[int]) -> None:
+        """Setting it draws the eval-time bases once (a non-persistent buffer): no generator is
+        created in ``forward``, so compiled graphs do not break there."""
+        self._eval_seed = None if seed is None else int(seed)
+        bases = None
+        if self._eval_seed is not None and self.channels is not None \
+                and self.channels % self.md_s == 0:
+            bases = self._seeded_bases(self.channels // self.md_s)
+        self.register_buffer('eval_bases', bases, persistent=False)
+
+    def _seeded_bases(self, dim: int) -> torch.Tensor:
+        gen = torch.Generator(device='cpu')
+        gen.manual_seed(self._eval_seed)
+        return self._draw_bases(self.md_s, dim, generator=gen)
+
     def _draw_bases(self, num: int, dim: int, generator: Optional[torch.Generator] = None,
                     device=None) -> torch.Tensor:
         """``num`` sets of ``R`` uniform bases in ``R^dim``, L2-normalised over ``dim``.
@@ -170,11 +190,11 @@ class NMF2D(nn.Module):
         if not self.rand_init:
             bases = self.bases.to(device=device, dtype=dtype)
             return bases.repeat(batch, 1, 1)
-        if not self.training and self.eval_seed is not None:
-            gen = torch.Generator(device='cpu')
-            gen.manual_seed(self.eval_seed)
-            bases = self._draw_bases(self.md_s, dim, generator=gen, device=device)
-            return bases.to(dtype).repeat(batch, 1, 1)
+        if not self.training and self._eval_seed is not None:
+            bases = self.eval_bases
+            if bases is None or bases.shape[1] != dim:  # built without channels
+                bases = self._seeded_bases(dim)
+            return bases.to(device=device, dtype=dtype).repeat(batch, 1, 1)
         return self._draw_bases(batch * self.md_s, dim, device=device).to(dtype)
 
     # ------------------------------------------------------------------ updates

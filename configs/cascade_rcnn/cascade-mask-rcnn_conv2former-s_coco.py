@@ -1,0 +1,1 @@
+_base_ = ['./cascade-mask-rcnn_conv2former-s_fpn_4conv1fc-giou_amp-ms-crop-3x_coco.py']

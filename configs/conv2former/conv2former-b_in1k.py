@@ -1,0 +1,1 @@
+_base_ = ['./conv2former-b_8xb128_in1k.py']

@@ -1,0 +1,1 @@
+_base_ = ['./conv2former-ib_8xb128_in1k.py']

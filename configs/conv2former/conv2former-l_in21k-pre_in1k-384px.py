@@ -1,0 +1,1 @@
+_base_ = ['./conv2former-l_in21k-pre_8xb64_in1k-384px.py']

@@ -1,0 +1,1 @@
+_base_ = ['./conv2former-t_8xb128_in1k.py']

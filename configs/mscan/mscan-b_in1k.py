@@ -1,0 +1,1 @@
+_base_ = ['./mscan-b_8xb128_in1k.py']

@@ -1,0 +1,1 @@
+_base_ = ['./mscan-l_8xb128_in1k.py']

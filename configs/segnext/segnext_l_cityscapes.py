@@ -1,0 +1,1 @@
+_base_ = ['./segnext_mscan-l_1xb8-adamw-160k_cityscapes-1024x1024.py']

@@ -1,0 +1,1 @@
+_base_ = ['./segnext_mscan-l_1xb16-adamw-80k_pascal-context-59-480x480.py']

@@ -1,0 +1,1 @@
+_base_ = ['./segnext_mscan-t_1xb16-adamw-160k_isaid-896x896.py']

@@ -1,0 +1,1 @@
+_base_ = ['./segnext_mscan-t_1xb16-adamw-80k_voc12aug-512x512.py']

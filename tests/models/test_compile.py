@@ -1,0 +1,85 @@
+"""torch.compile: no graph breaks in the training and eval forwards (plain and deployed) of every
+mmc2f model; compiled outputs and gradients equal eager ones (CPU inductor, slow)."""
+import copy
+
+import pytest
+import torch
+import torch._dynamo as dynamo
+from mmengine.registry import DefaultScope
+
+from mmc2f.models.backbones.conv2former import Conv2Former
+from mmc2f.models.backbones.conv2former_iso import Conv2FormerIsotropic
+from mmc2f.models.backbones.mscan import MSCAN
+
+BN = dict(type='BN', requires_grad=True)
+
+
+def _head():
+    import mmseg.utils
+    mmseg.utils.register_all_modules(init_default_scope=False)
+    from mmc2f.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        return MODELS.build(dict(
+            type='mmc2f.LightHamHead', in_channels=[16, 24, 32], in_index=[1, 2, 3], channels=32,
+            ham_channels=32, num_classes=5, ham_kwargs=dict(MD_R=4, eval_seed=0),
+            norm_cfg=dict(type='GN', num_groups=8, requires_grad=True)))
+
+
+MODELS = {
+    'conv2former': lambda: Conv2Former(dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
+                                       kernel_size=5, drop_path_rate=0.1),
+    'conv2former_iso': lambda: Conv2FormerIsotropic(dict(embed_dims=16, depth=2),
+                                                    patch_embed='3conv'),
+    'mscan': lambda: MSCAN(arch=dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1]),
+                           norm_cfg=BN, drop_path_rate=0.1),
+    'light_ham_head': _head,
+}
+
+
+def _inputs(name):
+    if name == 'light_ham_head':
+        return ([torch.randn(1, c, s, s) for c, s in [(8, 16), (16, 8), (24, 4), (32, 2)]], )
+    return (torch.randn(1, 3, 64, 64), )
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('mode', ['train', 'eval', 'deploy'])
+def test_no_graph_breaks(name, mode):
+    model = MODELS[name]()
+    if mode == 'deploy':
+        if not hasattr(model, 'switch_to_deploy'):
+            pytest.skip('the head has no fused inference path')  # noqa: only the backbones do
+        model.eval().switch_to_deploy()
+    else:
+        getattr(model, mode)()
+    explain = dynamo.explain(model)(*_inputs(name))
+    assert explain.graph_break_count == 0, [str(b.reason)[:200] for b in explain.break_reasons]
+    assert explain.graph_count == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['conv2former', 'mscan'])
+def test_compiled_equals_eager(name):
+    torch.manual_seed(0)
+    model = MODELS[name]().train()
+    model.init_weights()
+    compiled = torch.compile(copy.deepcopy(model), backend='inductor')
+    (x, ) = _inputs(name)
+    results = []
+    for m in (model, compiled):
+        torch.manual_seed(1)  # the same drop-path masks
+        outs = m(x)
+        sum((o * o).sum() for o in outs).backward()
+        results.append((outs, {n: p.grad for n, p in m.named_parameters()}))
+    (o1, g1), (o2, g2) = results
+    for a, b in zip(o1, o2):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    for n in g1:
+        torch.testing.assert_close(g1[n], g2[n.replace('_orig_mod.', '')] if n in g2 else
+                                   g2['_orig_mod.' + n], rtol=1e-3, atol=1e-5, msg=n)
+    model.eval().switch_to_deploy()
+    with torch.no_grad():
+        ref = model(x)
+        got = torch.compile(model, backend='inductor')(x)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
