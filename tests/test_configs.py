@@ -44,14 +44,10 @@ tools name their work_dir after the file given (``work_dirs/segnext_b_ade20k``).
 import logging
 import math
 import os
-import sys
 
 import pytest
 import torch
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:  # pytest's default import mode already put it there
-    sys.path.append(_HERE)
 from _config_utils import (CLS_SIZE, DENSE_SIZE, KNOWN_DATASETS, REPO_ROOT,  # noqa: E402
                            alias_target, build_model,
                            build_optim_wrapper, config_paths, config_stem, dataset_token,

@@ -2,7 +2,6 @@
 import os
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
@@ -10,7 +9,6 @@ import yaml
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 FOLDERS = ('conv2former', 'mscan', 'segnext', 'upernet', 'mask_rcnn', 'cascade_rcnn')
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from _config_utils import alias_target, config_paths  # noqa: E402
 
 

@@ -16,16 +16,12 @@ import copy
 import os
 import os.path as osp
 import re
-import sys
 
 import pytest
 import torch
 
-TESTS = osp.dirname(osp.dirname(osp.abspath(__file__)))
-if TESTS not in sys.path:
-    sys.path.append(TESTS)
-from _config_utils import (CLS_SIZE, DENSE_SIZE, REPO_ROOT, build_model,  # noqa: E402
-                           build_optim_wrapper, finite, make_batch, model_task)
+from _config_utils import (CLS_SIZE, DENSE_SIZE, REPO_ROOT, build_model, build_optim_wrapper,
+                           finite, make_batch, model_task)
 
 DOC = osp.join(REPO_ROOT, 'docs', 'recipes.md')
 STOCK = {  # the stock configs docs/recipes.md must cover
