@@ -223,7 +223,7 @@ def test_unsafe_checkpoint_and_missing_image_are_refused(setup, tmp_path, capsys
     rc = demo.main([setup['img'], cfg, str(evil), '--out-file', str(tmp_path / 'o.png')])
     assert rc == 2 and 'refused to load checkpoint' in capsys.readouterr().err
     rc = demo.main([str(tmp_path / 'nope.png'), cfg, ckpt])
-    assert rc == 2 and 'cannot read image' in capsys.readouterr().err
+    assert rc == 2 and 'nope.png" does not exist' in capsys.readouterr().err
 
 
 class _Payload:

@@ -24,10 +24,14 @@ Cityscapes' 19 from 1024x1024 pixels up; ``--num-classes`` overrides). On CPU th
 to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.engine.process`), for
 every model in the process alike.
 
-Memory: on CUDA the peak allocated memory of one step (``torch.cuda.max_memory_allocated``). On CPU,
-where PyTorch has no allocator statistics, the bytes of tensors autograd saves for backward during a
-training step (unique storages; parameters excluded): the activation memory that ``with_cp`` and
-one-step NMF gradients reduce.
+Memory (``--memory``), two figures per model, each of one step after the warm-up:
+
+* ``peak``: as the process sees it. CUDA: ``torch.cuda.max_memory_allocated`` minus the memory
+  allocated before the step. CPU (Linux): peak RSS minus RSS before the step; freed heap memory is
+  returned to the kernel first (``malloc_trim``) and the kernel's peak-RSS mark is reset
+  (``/proc/self/clear_refs``), so the figure is the step's activations, gradients and workspace;
+* ``saved``: the bytes of tensors autograd saves for backward in a training step (unique storages,
+  parameters excluded): the activation memory that ``with_cp`` and one-step NMF gradients reduce.
 """
 import argparse
 import csv
@@ -228,18 +232,46 @@ class Runner:
         return iters * self.args.batch_size / (time.perf_counter() - start)
 
     def memory(self):
-        """Peak step memory in MiB (CUDA) or autograd-saved activation MiB (CPU, train mode)."""
+        """``(peak MiB, kind, saved MiB)`` of one step (see the module docstring)."""
+        saved = None
+        if self.args.mode == 'train':
+            saved = saved_activation_bytes(self.fn, self.x, self.autocast, self.model) / 2**20
         if self.args.device.startswith('cuda'):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             self.step()
             torch.cuda.synchronize()
-            return (torch.cuda.max_memory_allocated() - base) / 2**20, 'peak allocated'
-        if self.args.mode != 'train':
-            return None, None
-        return saved_activation_bytes(self.fn, self.x, self.autocast, self.model) / 2**20, \
-            'saved for backward'
+            return (torch.cuda.max_memory_allocated() - base) / 2**20, 'peak allocated', saved
+        peak = peak_rss_bytes(self.step)
+        return (None if peak is None else peak / 2**20), 'peak RSS', saved
+
+
+def _proc_status_bytes(field):
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_rss_bytes(step):
+    """Peak RSS during ``step()`` minus RSS before it (Linux; None elsewhere)."""
+    import ctypes
+    import ctypes.util
+    import gc
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        gc.collect()
+        libc.malloc_trim(0)  # give freed heap pages back: RSS is then the live memory
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # reset the peak-RSS mark (VmHWM) to the current RSS
+        before = _proc_status_bytes('VmRSS')
+    except (OSError, AttributeError):
+        return None
+    step()
+    peak = _proc_status_bytes('VmHWM')
+    return None if before is None or peak is None else max(peak - before, 0)
 
 
 def saved_activation_bytes(fn, x, autocast, model):
@@ -347,7 +379,7 @@ def main(argv=None):
           f'{"on" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "off"} (all models)')
     header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + (baseline or "-"):>28}'
     if args.memory:
-        header += f'{"memory MiB":>14}'
+        header += f'{"peak MiB":>12}{"saved MiB":>12}'
     print(header)
     rows = []
     for r in runners:
@@ -358,9 +390,9 @@ def main(argv=None):
             ratio_txt = (f'{statistics.median(ratios):.3f}x '
                          f'[{min(ratios):.3f}..{max(ratios):.3f}]')
         line = f'{r.name:<28}{r.params / 1e6:>10.2f}{med:>16.2f}{ratio_txt:>28}'
-        mem, mem_kind = r.memory() if args.memory else (None, None)
+        mem, mem_kind, saved = r.memory() if args.memory else (None, None, None)
         if args.memory:
-            line += f'{mem:>14.1f}' if mem is not None else f'{"-":>14}'
+            line += ''.join(f'{v:>12.1f}' if v is not None else f'{"-":>12}' for v in (mem, saved))
         print(line)
         rows.append(dict(time=datetime.now().isoformat(timespec='seconds'), device=device,
                          model=r.name, baseline=baseline or '', mode=args.mode, dtype=args.dtype,
@@ -372,9 +404,11 @@ def main(argv=None):
                          ratio_min=round(min(ratios), 4) if ratios else '',
                          ratio_max=round(max(ratios), 4) if ratios else '',
                          memory_mib=round(mem, 2) if mem is not None else '',
-                         memory_kind=mem_kind or ''))
-    if args.memory and not args.device.startswith('cuda'):
-        print('memory (CPU): MiB of activations autograd saves for backward in one training step')
+                         memory_kind=mem_kind or '',
+                         saved_mib=round(saved, 2) if saved is not None else ''))
+    if args.memory:
+        print(f'memory: peak = {"CUDA peak allocated" if args.device.startswith("cuda") else "peak RSS"}'
+              ' of one step minus before it; saved = MiB autograd saves for backward (train)')
     if args.csv:
         new = not osp.exists(args.csv)
         with open(args.csv, 'a', newline='') as f:
