@@ -5,8 +5,10 @@ This is what ``demo/image_demo.py`` and ``tools/deployment/pytorch2onnx.py`` sha
 ``mmpretrain`` -> classification); the model is built from that package's registry, with:
 
 * no ``Pretrained`` initialisation (the checkpoint given here provides every weight);
-* the checkpoint read by :func:`mmc2f.checkpoint.load_checkpoint_file` (``weights_only=True`` plus
-  mmc2f's allow-list) and loaded with a strict key check that names missing / unexpected keys;
+* the checkpoint (a path, an ``http(s)://`` URL or an MMEngine scheme such as ``open-mmlab://``)
+  read by :func:`mmc2f.checkpoint.load_checkpoint` (``weights_only=True`` plus mmc2f's
+  allow-list; downloads land in torch.hub's cache) and loaded with a strict key check that names
+  missing / unexpected keys and the likely cause;
 * SyncBN converted to BatchNorm (SyncBN needs a GPU or a process group);
 * ``dataset_meta`` (class names, palette) from the checkpoint's ``meta``, else from the config's
   test dataset, else generic names and a fixed palette;
@@ -28,7 +30,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from mmc2f.checkpoint import (CheckpointFormatError, extract_state_dict, load_checkpoint_file,
+from mmc2f.checkpoint import (CheckpointFormatError, extract_state_dict, load_checkpoint,
                               load_state_dict_checked)
 from mmc2f.errors import ConfigError
 from .scope import get_task, init_scope
@@ -200,8 +202,8 @@ def init_model(config: Union[str, os.PathLike, Config],
 
     Args:
         config: config path or :class:`Config`; its ``default_scope`` picks the package.
-        checkpoint: path of a checkpoint (a dict with ``state_dict`` and optionally ``meta``, or a
-            bare state dict). ``None``: random weights (with a warning).
+        checkpoint: path or URL of a checkpoint (a dict with ``state_dict`` and optionally
+            ``meta``, or a bare state dict). ``None``: random weights (with a warning).
         device: ``'cpu'``, ``'cuda'``, ``'cuda:1'``...; ``None`` picks CUDA when available.
         cfg_options: overrides merged into the config.
         nmf_eval_seed: seed given to every SegNeXt NMF whose config sets no ``eval_seed``, so that
@@ -233,7 +235,7 @@ def init_model(config: Union[str, os.PathLike, Config],
     if checkpoint is None:
         warnings.warn('no checkpoint given: the model has random weights')
     else:
-        ckpt = load_checkpoint_file(checkpoint, map_location='cpu')
+        ckpt = load_checkpoint(checkpoint, map_location='cpu')  # paths, URLs, MMEngine schemes
         try:
             state_dict = extract_state_dict(ckpt)
         except CheckpointFormatError as err:

@@ -1,7 +1,9 @@
 """Everything mmc2f changes for the whole process, in one function: :func:`setup_process`.
 
-* ``safe_loading``: MMEngine's loader for local checkpoint files (resume, ``load_from``,
-  ``Pretrained``, upstream tools) becomes :func:`mmc2f.checkpoint.load_checkpoint_file`:
+* ``safe_loading``: MMEngine's checkpoint loaders for every scheme (local files, ``http(s)://``,
+  ``open-mmlab://``, ``torchvision://``, ``mmcls://``, ``s3://``, ``petrel://``, ``pavi://``; used
+  by resume, ``load_from``, ``Pretrained``, upstream tools) become :mod:`mmc2f.checkpoint.remote`
+  and :func:`mmc2f.checkpoint.load_checkpoint_file` (downloads land in torch.hub's cache):
   ``weights_only=True`` with mmc2f's allow-list, so runner-written checkpoints load under
   torch >= 2.6 and a file that carries pickled code is refused with the global's name; the
   allow-list is also added to torch's ``weights_only`` unpickler, so code that calls
@@ -58,18 +60,11 @@ def setup_process(safe_loading: bool = True, atomic_checkpoints: bool = True,
             _disabled_logged = True
         return applied()
     if safe_loading and 'safe_loading' not in _applied:
-        from mmengine.runner.checkpoint import CheckpointLoader
-
-        from mmc2f.checkpoint import load_checkpoint_file, safe_globals
-
-        def _load_local(filename, map_location=None):
-            return load_checkpoint_file(os.path.expanduser(filename), map_location=map_location)
-
-        CheckpointLoader.register_scheme(prefixes='', force=True)(_load_local)
-        import torch
-        torch.serialization.add_safe_globals(safe_globals())
+        _install_safe_loading()
         _applied.append('safe_loading')
-        _log("MMEngine's local checkpoint loader -> mmc2f.checkpoint.load_checkpoint_file; "
+        _log("MMEngine's checkpoint loaders (local files, http(s)://, open-mmlab://, "
+             'torchvision://, mmcls://, s3://, petrel://, pavi://) -> mmc2f.checkpoint: '
+             'weights_only=True with an allow-list, downloads into torch.hub\'s cache; '
              "torch's weights_only allow-list += the types of runner checkpoints (numpy arrays "
              f'and scalars, HistoryBuffer, argparse.Namespace); {ENV_SWITCH}=0 turns this off')
     if atomic_checkpoints and 'atomic_checkpoints' not in _applied:
@@ -85,6 +80,26 @@ def setup_process(safe_loading: bool = True, atomic_checkpoints: bool = True,
         _log('glibc malloc keeps freed blocks up to 32 MiB (mmap threshold 32 MiB, trim threshold '
              f'1 GiB); {ENV_MALLOC}=0 turns this off')
     return applied()
+
+
+def _install_safe_loading() -> None:
+    """Every scheme of MMEngine's ``CheckpointLoader`` -> :mod:`mmc2f.checkpoint.remote`; the
+    module globals that MMEngine's named-model loaders call by name (``load_from_http``,
+    ``load_url``) too, so no path of MMEngine unpickles anything beyond the allow-list."""
+    import torch
+    from mmengine.runner import checkpoint as mmckpt
+
+    from mmc2f.checkpoint import load_checkpoint_file, remote, safe_globals
+
+    def load_from_local(filename, map_location=None):  # MMEngine logs name[10:]: "local"
+        return load_checkpoint_file(os.path.expanduser(filename), map_location=map_location)
+
+    for prefix, loader in remote.SCHEMES.items():
+        mmckpt.CheckpointLoader.register_scheme(
+            prefixes=prefix, loader=load_from_local if prefix == '' else loader, force=True)
+    mmckpt.load_from_http = remote.load_from_http
+    mmckpt.load_url = remote.load_url
+    torch.serialization.add_safe_globals(safe_globals())
 
 
 def huge_pages_environ() -> None:

@@ -11,11 +11,19 @@ def _compiling() -> bool:
         return False
 
 
+def _faking() -> bool:
+    try:
+        from torch._guards import detect_fake_mode
+        return detect_fake_mode() is not None
+    except ImportError:  # pragma: no cover
+        return False
+
+
 def eager() -> bool:
-    """True outside TorchScript tracing/scripting, ONNX export and ``torch.compile``: custom
-    autograd functions, oneDNN post-ops and strided in-place writes run only then; traced,
-    exported or compiled graphs get the plain ATen ops."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling():
+    """True outside TorchScript tracing/scripting, ONNX export, ``torch.compile`` and fake-tensor
+    tracing: custom autograd functions, oneDNN post-ops and strided in-place writes run only then;
+    traced, exported, compiled or fake-traced graphs get the plain ATen ops."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting() or _compiling() or _faking():
         return False
     try:
         return not torch.onnx.is_in_onnx_export()

@@ -83,3 +83,45 @@ def test_compiled_equals_eager(name):
         got = torch.compile(model, backend='inductor')(x)
     for a, b in zip(ref, got):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _fake_run(model, inputs, train):
+    """``model`` on fake tensors (shapes only): every kernel must take its portable path."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.func import functional_call
+    mode = FakeTensorMode()
+    state = {n: mode.from_tensor(t) for n, t in
+             list(model.named_parameters()) + list(model.named_buffers())}
+    for n, p in model.named_parameters():
+        state[n].requires_grad_(p.requires_grad)
+    with mode:
+        inputs = tuple([mode.from_tensor(t) for t in x] if isinstance(x, list) else
+                       mode.from_tensor(x) for x in inputs)
+        with torch.set_grad_enabled(train):
+            outs = functional_call(model, state, inputs)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        if train:
+            sum(o.sum() for o in outs).backward()
+    return [tuple(o.shape) for o in outs]
+
+
+@pytest.mark.parametrize('name', list(MODELS))
+@pytest.mark.parametrize('mode', ['train', 'deploy'])
+def test_fake_tensors_take_the_portable_path(name, mode):
+    model = MODELS[name]().train(mode == 'train')
+    if mode == 'deploy' and hasattr(model, 'switch_to_deploy'):
+        model.switch_to_deploy()
+    inputs = _inputs(name)
+    shapes = _fake_run(model, inputs, mode == 'train')
+    with torch.no_grad():
+        real = model(*inputs)
+    real = real if isinstance(real, (list, tuple)) else [real]
+    assert shapes == [tuple(o.shape) for o in real]
+
+
+@pytest.mark.parametrize('name', ['conv2former', 'mscan'])
+def test_meta_device_runs(name):
+    with torch.device('meta'):
+        model = MODELS[name]()
+        outs = model(torch.randn(2, 3, 64, 64))
+    assert all(o.device.type == 'meta' for o in outs)

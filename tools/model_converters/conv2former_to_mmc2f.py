@@ -9,7 +9,8 @@
 * detects the size (nano/tiny/small/base/large or custom) and the kernel size from the weights and
   refuses if any key is unknown or missing for that size (:mod:`mmc2f.apis.convert`);
 * writes ``{'state_dict': {name: tensor}, 'meta': {...}}`` (tensors, strings and ints only)
-  atomically to DST.
+  atomically to DST (mode 0666 & ~umask); refuses a DST that is SRC or a directory, and reports
+  a full disk; user errors print one ``error:`` line and exit with status 2.
 
 Use DST as ``load_from`` for ``ImageClassifier(backbone=dict(type='mmc2f.Conv2Former', arch=...,
 out_indices=(3,)), neck=dict(type='mmc2f.Conv2FormerNeck', in_channels=C3),
@@ -27,7 +28,9 @@ except ImportError:  # running from a checkout without installing
 
 from mmc2f import __version__  # noqa: E402
 from mmc2f.apis.convert import convert_conv2former, describe_conv2former  # noqa: E402
-from mmc2f.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
+from mmc2f.checkpoint import (check_output_path, load_checkpoint,  # noqa: E402
+                              save_checkpoint_atomic)
+from mmc2f.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -43,7 +46,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    checkpoint = load_checkpoint_file(args.src, map_location='cpu')
+    check_output_path(args.src, args.dst)  # not the input, not a directory
+    checkpoint = load_checkpoint(args.src, map_location='cpu')  # weights_only; paths or URLs
     info = describe_conv2former(checkpoint, use_ema=args.ema)
     state_dict = convert_conv2former(checkpoint, use_ema=args.ema)
     meta = info.meta()
@@ -58,4 +62,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (UserError, FileNotFoundError) as err:  # main() raises for in-process callers
+        print(f'{osp.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
+        sys.exit(2)

@@ -9,7 +9,9 @@
 * drops the ImageNet classifier ``head.*`` (mmc2f has no MSCAN classifier);
 * detects the size (tiny/small/base/large or custom) from the weights and checks that the result
   has exactly the keys and shapes of that ``mmc2f.MSCAN``;
-* writes ``{'state_dict': {name: tensor}}`` (tensors only) atomically to DST.
+* writes ``{'state_dict': {name: tensor}}`` (tensors only) atomically to DST (mode
+  0666 & ~umask); refuses a DST that is SRC or a directory, and reports a full disk; user errors
+  print one ``error:`` line and exit with status 2.
 
 Use the result with ``backbone=dict(type='mmc2f.MSCAN', arch=..., init_cfg=dict(type='Pretrained',
 checkpoint=DST))``. mmseg's own ``mscan_*.pth`` files are already in this layout and need no
@@ -25,7 +27,9 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmc2f.apis.convert import convert_mscan_checkpoint  # noqa: E402
-from mmc2f.checkpoint import load_checkpoint_file, save_checkpoint_atomic  # noqa: E402
+from mmc2f.checkpoint import (check_output_path, load_checkpoint,  # noqa: E402
+                              save_checkpoint_atomic)
+from mmc2f.errors import UserError  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -40,7 +44,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    checkpoint = load_checkpoint_file(args.src, map_location='cpu')
+    check_output_path(args.src, args.dst)  # not the input, not a directory
+    checkpoint = load_checkpoint(args.src, map_location='cpu')  # weights_only; paths or URLs
     state_dict, info = convert_mscan_checkpoint(checkpoint, prefer_ema=args.ema)
     save_checkpoint_atomic({'state_dict': state_dict}, args.dst)
     arch = info['arch'] or 'custom'
@@ -51,4 +56,8 @@ def main(argv=None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (UserError, FileNotFoundError) as err:  # main() raises for in-process callers
+        print(f'{osp.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
+        sys.exit(2)
