@@ -5,12 +5,17 @@ the command-line tools print its message as ``<tool>: error: ...`` and exit with
 """
 import pickle
 
-__all__ = ['UserError', 'ConfigError', 'CheckpointError', 'CheckpointFormatError',
+__all__ = ['UserError', 'TrainingError', 'ConfigError', 'CheckpointError', 'CheckpointFormatError',
            'UnsafeCheckpointError', 'KeyMapError', 'UnscopedTypeError']
 
 
 class UserError(RuntimeError):
     """A problem with the user's input (config, command line, data or checkpoint)."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss or weights); the message says what to try. Not the
+    user's input: the tools print it and exit with status 1."""
 
 
 class ConfigError(UserError):

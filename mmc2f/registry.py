@@ -26,6 +26,7 @@ OPTIM_WRAPPER_CONSTRUCTORS = Registry(
     'optimizer wrapper constructor', parent=MMENGINE_OPTIM_WRAPPER_CONSTRUCTORS, scope='mmc2f',
     locations=['mmc2f.engine.layer_decay'])
 #: Runtime hooks.
-HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmc2f', locations=['mmc2f.engine.deploy_hook'])
+HOOKS = Registry('hook', parent=MMENGINE_HOOKS, scope='mmc2f',
+                 locations=['mmc2f.engine.deploy_hook', 'mmc2f.engine.guards'])
 
 setup_process()

@@ -19,6 +19,8 @@ from mmengine.config import DictAction  # noqa: E402
 from mmc2f.apis import cli  # noqa: E402
 from mmc2f.engine.process import setup_process  # noqa: E402
 from mmc2f.engine.runner import build_runner  # noqa: E402
+from mmc2f.checkpoint import remove_stale_temp_files  # noqa: E402
+from mmc2f.engine.guards import setup_run_guards  # noqa: E402
 from mmc2f.apis.data_check import check_data  # noqa: E402
 from mmc2f.apis.recipes import check_stock_recipe  # noqa: E402
 from mmc2f.apis.scope import SCOPE_TASKS  # noqa: E402
@@ -64,6 +66,9 @@ def build_cfg(args):
     cli.set_work_dir(cfg, args.config, args.work_dir)
     cli.setup_amp(cfg, args.amp)
     cli.setup_auto_scale_lr(cfg, args.auto_scale_lr)
+    args.resume = setup_run_guards(cfg, args.resume)  # work-dir lock, guard hooks, --resume
+    if int(os.environ.get('RANK', '0')) == 0:
+        remove_stale_temp_files(cfg.work_dir)  # left by a save that a kill interrupted
     cli.setup_resume(cfg, args.resume)
     cli.setup_dist_backend(cfg, args.launcher)
     loaders = ['train_dataloader']

@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional, Tuple
 import torch
 from mmengine.config import Config, ConfigDict
 
-from mmc2f.errors import ConfigError, UserError
+from mmc2f.errors import ConfigError, TrainingError, UserError
 from .config import load_config
 from .scope import init_scope
 
@@ -34,14 +34,15 @@ __all__ = [
 @contextlib.contextmanager
 def exit_on_user_error(debug: bool = False):
     """Print a :class:`~mmc2f.errors.UserError` as one line, ``<tool>: error: ...``, and exit
-    with status 2; with ``debug`` the traceback is shown instead."""
+    with status 2 (a :class:`~mmc2f.errors.TrainingError`: status 1); with ``debug`` the traceback
+    is shown instead."""
     try:
         yield
-    except UserError as err:
+    except (UserError, TrainingError) as err:
         if debug:
             raise
         print(f'{osp.basename(sys.argv[0])}: error: {err}', file=sys.stderr)
-        sys.exit(2)
+        sys.exit(2 if isinstance(err, UserError) else 1)
 
 
 def add_common_args(parser) -> None:
@@ -63,19 +64,14 @@ def set_work_dir(cfg: Config, config_path: str, work_dir: Optional[str]) -> None
 # training options
 # --------------------------------------------------------------------------------------------
 def setup_resume(cfg: Config, resume: Optional[str]) -> None:
-    """``--resume`` (no value, or ``auto``): the newest intact checkpoint in work_dir (the one
-    ``last_checkpoint`` names, unless it is damaged; see
-    :func:`mmc2f.checkpoint.find_resumable_checkpoint`); ``--resume PATH``: that file."""
+    """``--resume`` (no value, or ``auto``): the newest intact checkpoint in work_dir, naming the
+    damaged ones skipped (:func:`mmc2f.engine.workdir.resolve_resume`); ``--resume PATH``: that
+    file."""
     if resume == 'auto':
-        from mmengine.logging import print_log
-
-        from mmc2f.checkpoint import find_resumable_checkpoint
-        found = find_resumable_checkpoint(cfg.work_dir)
-        if found is None:
-            print_log(f'--resume: no intact checkpoint in {cfg.work_dir}; training from scratch',
-                      logger='current')
-        cfg.resume = found is not None
-        cfg.load_from = found
+        from mmc2f.engine.workdir import resolve_resume
+        resume = resolve_resume(cfg.work_dir, resume)
+        cfg.resume = resume is not None
+        cfg.load_from = resume
     elif resume is not None:
         cfg.resume = True
         cfg.load_from = resume

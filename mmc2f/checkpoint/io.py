@@ -24,7 +24,7 @@ import struct
 import tempfile
 import time
 import zipfile
-from typing import Callable, List, Optional
+from typing import Callable, List, NamedTuple, Optional
 
 import torch
 from mmengine.fileio import LocalBackend
@@ -33,7 +33,8 @@ from mmc2f.errors import CheckpointError, UnsafeCheckpointError
 
 __all__ = [
     'safe_globals', 'load_checkpoint_file', 'save_checkpoint_atomic', 'AtomicLocalBackend',
-    'is_intact_checkpoint', 'find_resumable_checkpoint', 'remove_stale_temp_files',
+    'is_intact_checkpoint', 'ResumeChoice', 'find_resume_checkpoint', 'find_resumable_checkpoint',
+    'remove_stale_temp_files',
     'file_mode_from_umask', 'check_output_path'
 ]
 
@@ -363,28 +364,50 @@ def is_intact_checkpoint(path: str) -> bool:
 _CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
 
-def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
-    """The checkpoint ``--resume`` should continue from, or ``None`` when ``work_dir`` has none.
+class ResumeChoice(NamedTuple):
+    """Outcome of :func:`find_resume_checkpoint`."""
+    checkpoint: Optional[str]  # the newest intact checkpoint, or None
+    skipped: List[str]  # damaged checkpoints passed over (newest first)
+    damaged: List[str]  # every damaged checkpoint found
 
-    The one named in ``work_dir/last_checkpoint`` if it is intact; otherwise (the record is missing,
-    truncated or names a damaged file) the newest intact ``iter_*.pth`` / ``epoch_*.pth``.
+
+def find_resume_checkpoint(work_dir: str) -> ResumeChoice:
+    """The checkpoint that ``--resume`` continues from, and the damaged ones it skips.
+
+    The file named in ``work_dir/last_checkpoint`` if intact, else the newest intact
+    ``iter_*.pth`` / ``epoch_*.pth``. ``skipped`` lists the damaged files passed over to get there (the one the
+    record names, then the newer numbered ones); ``damaged`` every damaged one seen.
     """
+    named = None
     record = osp.join(work_dir, 'last_checkpoint')
     if osp.isfile(record):
         with open(record) as f:
-            named = f.read().strip()
+            named = f.read().strip() or None
         if named and not osp.isabs(named) and not osp.exists(named):
             named = osp.join(work_dir, named)
-        if named and is_intact_checkpoint(named):
-            return named
-    if not osp.isdir(work_dir):
-        return None
-    found = []
-    for name in os.listdir(work_dir):
-        m = _CKPT_NAME.match(name)
-        if m:
-            found.append((int(m.group(2)), osp.join(work_dir, name)))
-    for _, path in sorted(found, reverse=True):
+    numbered = []
+    if osp.isdir(work_dir):
+        for name in os.listdir(work_dir):
+            m = _CKPT_NAME.match(name)
+            if m:
+                numbered.append((int(m.group(2)), osp.join(work_dir, name)))
+    candidates = ([named] if named else []) + [p for _, p in sorted(numbered, reverse=True)]
+    seen, skipped, damaged, chosen = set(), [], [], None
+    for path in candidates:
+        key = osp.realpath(path)
+        if key in seen:
+            continue
+        seen.add(key)
         if is_intact_checkpoint(path):
-            return path
-    return None
+            chosen = chosen or path
+        else:
+            damaged.append(path)
+            if chosen is None:
+                skipped.append(path)
+    return ResumeChoice(chosen, skipped, damaged)
+
+
+def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
+    """The checkpoint ``--resume`` should continue from, or ``None`` (see
+    :func:`find_resume_checkpoint`)."""
+    return find_resume_checkpoint(work_dir).checkpoint
