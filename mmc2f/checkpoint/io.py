@@ -65,6 +65,14 @@ def safe_globals() -> List[object]:
     return allowed
 
 
+def _allow_list():
+    """torch's ``safe_globals`` context for the allow-list entries not installed already (its
+    exit removes the entries it was given, so it must not be given ones the process setup added
+    for good)."""
+    installed = torch.serialization.get_safe_globals()
+    return torch.serialization.safe_globals([g for g in safe_globals() if g not in installed])
+
+
 def _history_buffer_getattr(obj, name):
     """``getattr`` restricted to the statistics methods of MMEngine's ``HistoryBuffer`` class."""
     from mmengine.logging.history_buffer import HistoryBuffer
@@ -100,7 +108,7 @@ def load_checkpoint_file(path, map_location='cpu', source: Optional[str] = None)
     if broken:
         raise CheckpointError(f'checkpoint "{name}" {broken}')
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with _allow_list():
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
@@ -201,7 +209,7 @@ def _unsafe_globals(path) -> List[str]:
     if not isinstance(path, str):
         return []
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with _allow_list():
             return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
     except Exception:  # noqa: BLE001  (a format torch cannot scan: no names to add)
         return []

@@ -22,30 +22,20 @@ from mmc2f.checkpoint import check_output_path, load_checkpoint_file
 from mmc2f.errors import CheckpointError
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
-                       'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 TEST = osp.join(REPO, 'tools', 'test.py')
 CONVERTERS = [osp.join(REPO, 'tools', 'model_converters', n)
               for n in ('conv2former_to_mmc2f.py', 'mscan_to_mmc2f.py')]
 
+TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
-crop_size = (32, 32)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]),
-    decode_head=dict(in_channels=[16, 32, 32], channels=16, ham_channels=16,
-                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-                     ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=2)))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters=2, val_interval=100)
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=100)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2))
+default_hooks = dict(checkpoint=dict(interval=2))
 """
 
 
@@ -82,7 +72,7 @@ def setup(tmp_path_factory):
     data_root = tmp / 'data'
     make_seg_dataset(str(data_root), num_train=2, num_val=1, size=32, seed=0)
     config = tmp / 'tiny_seg.py'
-    config.write_text(TINY.format(base=DEMO_CONFIG, data_root=str(data_root)))
+    config.write_text(TINY.format(base=TINY_BASE, data_root=str(data_root)))
     work_dir = tmp / 'work'
     proc, out = _run([TRAIN, str(config), '--work-dir', str(work_dir)], cwd=str(tmp))
     assert proc.returncode == 0, out[-3000:]

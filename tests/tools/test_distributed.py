@@ -38,22 +38,13 @@ import torch
 from mmc2f.checkpoint import is_intact_checkpoint, load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
-                       'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
 DIST_TRAIN = osp.join(REPO, 'tools', 'dist_train.sh')
 
+TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
-crop_size = (32, 32)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]),
-    decode_head=dict(in_channels=[16, 32, 32], channels=16, ham_channels=16,
-                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-                     ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=2)))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
+train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = None
 val_cfg = None
 val_evaluator = None
@@ -117,7 +108,7 @@ def test_dist_train_two_ranks_gloo(tmp_path):
     make_seg_dataset(str(data_root), num_train=8, num_val=1, size=32, seed=0)
     (tmp_path / 'rank_probe.py').write_text(PROBE)
     config = tmp_path / 'tiny_dist.py'
-    config.write_text(TINY.format(base=DEMO_CONFIG, data_root=str(data_root)))
+    config.write_text(TINY.format(base=TINY_BASE, data_root=str(data_root)))
     work_dir = tmp_path / 'work'
     env = dict(os.environ, OMP_NUM_THREADS='1', PYTHON=sys.executable, PORT=str(_free_port()),
                NNODES='1', NODE_RANK='0', MASTER_ADDR='127.0.0.1',

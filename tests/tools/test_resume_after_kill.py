@@ -45,23 +45,15 @@ from mmc2f.checkpoint import (find_resumable_checkpoint, is_intact_checkpoint,
                                     load_checkpoint_file)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
-                       'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 MAX_ITERS = 12
 
+TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
-crop_size = (32, 32)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]),
-    decode_head=dict(in_channels=[16, 32, 32], channels=16, ham_channels=16, dropout_ratio=0.0,
-                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-                     ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=2, rand_init=False)))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
+model = dict(decode_head=dict(dropout_ratio=0.0, ham_kwargs=dict(rand_init=False)))
+train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = None
 val_cfg = None
 val_evaluator = None
@@ -166,7 +158,7 @@ def setup(tmp_path_factory):
     make_seg_dataset(str(data_root), num_train=6, num_val=1, size=32, seed=0)
     (tmp / 'kill_hooks.py').write_text(HOOKS)
     config = tmp / 'tiny.py'
-    config.write_text(TINY.format(base=DEMO_CONFIG, data_root=str(data_root),
+    config.write_text(TINY.format(base=TINY_BASE, data_root=str(data_root),
                                   max_iters=MAX_ITERS))
     ref = tmp / 'ref'
     proc, out = _train(tmp, str(config), ref)

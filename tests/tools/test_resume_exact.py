@@ -12,9 +12,6 @@ bases each training forward), 8 iterations, a checkpoint every 4, ``num_workers=
   iteration and what to try, and ``max_keep_ckpts=1`` keeps the newest finite checkpoint;
 * ``--resume`` in an empty work dir: a warning and training from scratch; in a work dir whose only
   checkpoint is damaged: an error naming it.
-
-Until ``tools/train.py`` calls :func:`mmc2f.engine.guards.setup_run_guards` itself, the runs go
-through a driver that adds exactly that call (``cli.setup_resume(cfg, setup_run_guards(...))``).
 """
 import os
 import os.path as osp
@@ -29,24 +26,16 @@ import torch
 from mmc2f.checkpoint import is_intact_checkpoint, load_checkpoint_file
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
-                       'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 MAX_ITERS = 8
 
+TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
-crop_size = (32, 32)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2],
-                  drop_path_rate=0.2),
-    decode_head=dict(in_channels=[16, 32, 32], channels=16, ham_channels=16, dropout_ratio=0.2,
-                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-                     ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=2, rand_init=True)))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
+model = dict(backbone=dict(drop_path_rate=0.2),
+             decode_head=dict(dropout_ratio=0.2, ham_kwargs=dict(rand_init=True)))
+train_dataloader = dict(dataset=dict(data_root=data_root))
 val_dataloader = None
 val_cfg = None
 val_evaluator = None
@@ -95,30 +84,8 @@ class SigtermDuringHook(Hook):
             os.kill(os.getpid(), signal.SIGTERM)
 '''
 
-# tools/train.py plus the one wiring line, for as long as tools/train.py lacks it.
-DRIVER = '''
-import importlib.util
-import sys
-
-sys.argv = sys.argv[1:]
-spec = importlib.util.spec_from_file_location('mmc2f_train_tool', sys.argv[0])
-tool = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tool)
-from mmc2f.engine.guards import setup_run_guards  # noqa: E402
-setup_resume = tool.cli.setup_resume
-tool.cli.setup_resume = lambda cfg, resume: setup_resume(cfg, setup_run_guards(cfg, resume))
-tool.main()
-'''
-
-
-def _wired():
-    with open(TRAIN) as f:
-        return 'setup_run_guards' in f.read()
-
-
 def _cmd(tmp, config, work_dir, *extra):
-    prefix = [TRAIN] if _wired() else [str(tmp / 'driver.py'), TRAIN]
-    return [sys.executable] + prefix + [config, '--work-dir', str(work_dir), *extra]
+    return [sys.executable, TRAIN, config, '--work-dir', str(work_dir), *extra]
 
 
 def _env(tmp):
@@ -167,9 +134,8 @@ def setup(tmp_path_factory):
     data_root = tmp / 'data'
     make_seg_dataset(str(data_root), num_train=6, num_val=1, size=32, seed=0)
     (tmp / 'guard_test_hooks.py').write_text(HOOKS)
-    (tmp / 'driver.py').write_text(DRIVER)
     config = tmp / 'tiny.py'
-    config.write_text(TINY.format(base=DEMO_CONFIG, data_root=str(data_root),
+    config.write_text(TINY.format(base=TINY_BASE, data_root=str(data_root),
                                   max_iters=MAX_ITERS))
     ref = tmp / 'ref'
     proc, out = _train(tmp, str(config), ref, '--resume')

@@ -26,23 +26,15 @@ DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 TEST = osp.join(REPO, 'tools', 'test.py')
 
+TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
-crop_size = (32, 32)
-model = dict(
-    data_preprocessor=dict(size=crop_size),
-    backbone=dict(embed_dims=[8, 16, 32, 32], depths=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2]),
-    decode_head=dict(in_channels=[16, 32, 32], channels=16, ham_channels=16,
-                     norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
-                     ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=2)))
-train_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
-val_dataloader = dict(num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root))
+train_dataloader = dict(dataset=dict(data_root=data_root))
+val_dataloader = dict(dataset=dict(data_root=data_root))
 test_dataloader = val_dataloader
 train_cfg = dict(max_iters=4, val_interval=4)
-param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False, begin=0, end=100)]
-default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=2, max_keep_ckpts=3))
+default_hooks = dict(checkpoint=dict(interval=2, max_keep_ckpts=3))
 """
 
 
@@ -54,7 +46,7 @@ def _run(args, cwd, timeout=300):
 
 def _write_config(tmp_path, data_root, name='tiny_seg.py', extra=''):
     path = tmp_path / name
-    path.write_text(TINY.format(base=DEMO_CONFIG, data_root=str(data_root)) + extra)
+    path.write_text(TINY.format(base=TINY_BASE, data_root=str(data_root)) + extra)
     return str(path)
 
 
