@@ -27,7 +27,7 @@ TEST = osp.join(REPO, 'tools', 'test.py')
 CONVERTERS = [osp.join(REPO, 'tools', 'model_converters', n)
               for n in ('conv2former_to_mmc2f.py', 'mscan_to_mmc2f.py')]
 
-TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
+TINY_BASE = osp.join(REPO, 'tests', 'tools', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}

@@ -40,7 +40,7 @@ from mmc2f.checkpoint import is_intact_checkpoint, load_checkpoint_file
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DIST_TRAIN = osp.join(REPO, 'tools', 'dist_train.sh')
 
-TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
+TINY_BASE = osp.join(REPO, 'tests', 'tools', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}

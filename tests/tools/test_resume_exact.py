@@ -29,7 +29,7 @@ REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 MAX_ITERS = 8
 
-TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
+TINY_BASE = osp.join(REPO, 'tests', 'tools', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}

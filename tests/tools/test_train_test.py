@@ -26,7 +26,7 @@ DEMO_CONFIG = osp.join(REPO, 'configs', 'demo',
 TRAIN = osp.join(REPO, 'tools', 'train.py')
 TEST = osp.join(REPO, 'tools', 'test.py')
 
-TINY_BASE = osp.join(REPO, 'tests', 'data', 'tiny_segnext.py')
+TINY_BASE = osp.join(REPO, 'tests', 'tools', 'tiny_segnext.py')
 TINY = """
 _base_ = [{base!r}]
 data_root = {data_root!r}
