@@ -1,6 +1,7 @@
 """Checkpoints in the authors' layouts, made from small random models, for the converter tests
 (tests/apis/test_convert.py and tests/tools/test_model_converters.py)."""
 import argparse
+import contextlib
 import importlib.util
 import os.path as osp
 import sys
@@ -136,3 +137,35 @@ def mscan_authors_state(model, num_classes=1000):
     out['head.weight'] = torch.randn(num_classes, model.embed_dims[-1])
     out['head.bias'] = torch.randn(num_classes)
     return out
+
+
+# ------------------------------------------------------------------ malicious checkpoints
+class RunsCommand:
+    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return (os.system, (self.command, ))
+
+
+@contextlib.contextmanager
+def serve_folder(folder):
+    """A real HTTP server on 127.0.0.1 serving ``folder``; yields its base URL."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(Quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f'http://127.0.0.1:{httpd.server_address[1]}'
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

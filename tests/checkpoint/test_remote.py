@@ -4,15 +4,13 @@ A real HTTP server on 127.0.0.1 serves a checkpoint whose pickle calls ``os.syst
 MARKER')``; every loader must refuse it, name the refused global and the URL / cache file, and
 leave no MARKER. torch.hub's cache is redirected to the test's folder.
 """
-import functools
 import os
 import os.path as osp
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
 import torch.nn as nn
+from _reference.checkpoints import RunsCommand, serve_folder
 
 import mmc2f.registry  # noqa: F401  (runs setup_process(), as a config with mmc2f. types does)
 from mmc2f.checkpoint import load_checkpoint
@@ -33,30 +31,11 @@ model = dict(
 """
 
 
-class _RunsCommand:
-    """Unpickling this runs a shell command (what a malicious checkpoint does)."""
-
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command, ))
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp('served')
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield root, f'http://127.0.0.1:{httpd.server_address[1]}'
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(root) as url:
+        yield root, url
 
 
 @pytest.fixture
@@ -67,7 +46,7 @@ def evil(server, tmp_path, monkeypatch, request):
     root, base = server
     marker = tmp_path / 'MARKER'
     name = f'evil_{request.node.name}.pth'.replace('[', '_').replace(']', '_')
-    torch.save({'state_dict': {'weight': torch.zeros(2, 2)}, 'x': _RunsCommand(f'touch {marker}')},
+    torch.save({'state_dict': {'weight': torch.zeros(2, 2)}, 'x': RunsCommand(f'touch {marker}')},
                root / name)
     yield f'{base}/{name}', marker
     assert not marker.exists(), 'code from the checkpoint ran'

@@ -6,17 +6,15 @@ Each training run is 2 iterations of a tiny SegNeXt on a tiny synthetic set. Ref
 one ``error:`` line and exit status 2.
 """
 import errno
-import functools
 import os
 import os.path as osp
 import re
 import subprocess
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from _reference.checkpoints import RunsCommand, serve_folder
 
 from mmc2f.checkpoint import check_output_path, load_checkpoint_file
 from mmc2f.errors import CheckpointError
@@ -37,19 +35,6 @@ test_dataloader = val_dataloader
 train_cfg = dict(max_iters=2, val_interval=100)
 default_hooks = dict(checkpoint=dict(interval=2))
 """
-
-
-class _RunsCommand:
-    def __init__(self, command):
-        self.command = command
-
-    def __reduce__(self):
-        return (os.system, (self.command, ))
-
-
-class _Quiet(SimpleHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
 
 
 def _refused(proc) -> bool:
@@ -79,14 +64,10 @@ def setup(tmp_path_factory):
     served = tmp / 'served'
     served.mkdir()
     marker = tmp / 'MARKER'
-    torch.save({'state_dict': {}, 'x': _RunsCommand(f'touch {marker}')}, served / 'evil.pth')
-    httpd = ThreadingHTTPServer(('127.0.0.1', 0), functools.partial(_Quiet, directory=str(served)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield dict(tmp=tmp, config=str(config), ckpt=work_dir / 'iter_2.pth', marker=marker,
-               url=f'http://127.0.0.1:{httpd.server_address[1]}/evil.pth',
-               env={'TORCH_HOME': str(tmp / 'torch_home')})
-    httpd.shutdown()
-    httpd.server_close()
+    torch.save({'state_dict': {}, 'x': RunsCommand(f'touch {marker}')}, served / 'evil.pth')
+    with serve_folder(served) as base_url:
+        yield dict(tmp=tmp, config=str(config), ckpt=work_dir / 'iter_2.pth', marker=marker,
+                   url=f'{base_url}/evil.pth', env={'TORCH_HOME': str(tmp / 'torch_home')})
     assert not marker.exists(), 'code from a checkpoint ran'
 
 

@@ -1,26 +1,13 @@
 """Conv2FormerNeck: the authors' classifier head minus the Linear, for mmpretrain classifiers."""
-import importlib.util
-import os.path as osp
-import sys
 
 import pytest
 import torch
+from _reference.checkpoints import reference_module
 from mmengine.registry import DefaultScope
 
 from mmc2f.models.necks.conv2former_neck import Conv2FormerNeck
 
 SMALL = dict(dims=[16, 32, 48, 64], depths=[1, 2, 3, 1], kernel_size=5)
-
-
-def load_reference():
-    name = 'authors_conv2former'
-    if name not in sys.modules:
-        path = osp.join(osp.dirname(__file__), '..', '..', '_reference', f'{name}.py')
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[name] = module
-    return sys.modules[name]
 
 
 def test_shapes_and_conventions():
@@ -71,7 +58,7 @@ def _authors_to_classifier(state_dict):
 
 def test_image_classifier_reproduces_authors_logits():
     from mmpretrain.registry import MODELS
-    ref = load_reference()
+    ref = reference_module()
     reference = ref.randomize_(ref.build_reference(
         (SMALL['dims'], SMALL['depths'], SMALL['kernel_size']), num_classes=10)).eval()
     cfg = dict(
