@@ -31,7 +31,9 @@ def read_requirements(name):
     with open(osp.join(HERE, 'requirements', name)) as f:
         for line in f:
             line = line.split('#', 1)[0].strip()
-            if line:
+            if line.startswith('-r '):
+                reqs.extend(read_requirements(line[3:].strip()))
+            elif line:
                 reqs.append(line)
     return reqs
 
@@ -104,7 +106,8 @@ setup(
     packages=find_packages(include=['mmc2f', 'mmc2f.*']),
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
-    extras_require={'tests': read_requirements('tests.txt')},
+    extras_require={'tests': read_requirements('tests.txt'),
+                    'onnxruntime': read_requirements('onnxruntime.txt')},
     entry_points={'console_scripts': ['mmc2f = mmc2f.cli:main']},
     cmdclass={'build_py': BuildPyWithMim},
     zip_safe=False,

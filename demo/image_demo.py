@@ -51,8 +51,9 @@ def parse_args(argv=None):
                    help='detection: minimum score of a drawn detection')
     p.add_argument('--topk', type=int, default=5, help='classification: classes to report')
     p.add_argument('--deploy', action='store_true',
-                   help="mmc2f's inference-only fused kernels (switch_to_deploy of Conv2Former / "
-                   'MSCAN): same predictions, faster on CPU')
+                   help="mmc2f's inference path: fused kernels (switch_to_deploy of Conv2Former / "
+                   'MSCAN) and, for segmentors on CPU, the network on ONNX Runtime when it is '
+                   'installed: same predictions, faster on CPU')
     args = p.parse_args(argv)
     if not 0 < args.opacity <= 1:
         p.error('--opacity must be in (0, 1]')
@@ -181,7 +182,7 @@ def main(argv=None) -> int:
         model = init_model(args.config, args.checkpoint, device=args.device)
         if args.deploy:
             from mmc2f.engine.deploy_hook import switch_to_deploy
-            switch_to_deploy(model)
+            switch_to_deploy(model, backend='auto')
         task = model.task
         out_file = args.out_file or f'{osp.splitext(osp.basename(args.img))[0]}_{task}.png'
         if task == 'seg':

@@ -54,7 +54,7 @@ export PIP_DEFAULT_TIMEOUT=120
 MMCV_WITH_OPS=1 "${PIP[@]}" install -q --no-build-isolation -c "$CONSTRAINTS" "${FIND_LINKS[@]}" mmcv
 # the whole verified set (exact versions), then mmc2f's ranges (already satisfied by it)
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "${FIND_LINKS[@]}" -r "$CONSTRAINTS" \
-  -r "$ROOT/requirements/runtime.txt"
+  -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/onnxruntime.txt"
 if [[ "$WITH_TESTS" == 1 ]]; then
   "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/tests.txt"
 fi

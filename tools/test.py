@@ -46,8 +46,13 @@ def parse_args(argv=None):
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
     parser.add_argument('--deploy', action='store_true',
-                        help="evaluate with mmc2f's inference-only fused kernels (switch_to_deploy "
-                        'of Conv2Former / MSCAN; same predictions, faster on CPU)')
+                        help="evaluate on mmc2f's inference path: fused kernels (switch_to_deploy "
+                        'of Conv2Former / MSCAN) and, for segmentors on CPU, the network on ONNX '
+                        'Runtime (see --deploy-backend); same predictions, faster on CPU')
+    parser.add_argument('--deploy-backend', choices=['auto', 'pytorch', 'onnxruntime'],
+                        default='auto',
+                        help='with --deploy: auto (default) = onnxruntime for mmseg segmentors on '
+                        'CPU when it is installed, else pytorch (fused kernels)')
     parser.add_argument(
         '--cfg-options', nargs='+', action=DictAction,
         help='override settings in the config, key=value pairs; no white space in a pair')
@@ -79,7 +84,7 @@ def build_cfg(args):
         cli.setup_tta(cfg, scope)
     if args.deploy:
         cfg.custom_hooks = list(cfg.get('custom_hooks', None) or []) + [
-            dict(type='mmc2f.SwitchToDeployHook')]
+            dict(type='mmc2f.SwitchToDeployHook', backend=args.deploy_backend)]
     cli.setup_test_out(cfg, scope, args.out)
     cli.setup_dist_backend(cfg, args.launcher)
     cli.check_data_roots(cfg, ['test_dataloader'])

@@ -100,9 +100,13 @@ def _segnext(size, backbone_type, head_type, num_classes=150):
 
 def build_preset(name, num_classes=None):
     """A named model: ``conv2former-{n,t,s,b,l}``, ``convnext-{t,s,b,l}``, ``segnext-{t,s,b,l}``
-    (mmc2f), ``mmseg-segnext-{t,s,b,l}`` (mmseg 1.2.2). Segmentation presets have ADE20K's 150
-    classes unless ``num_classes`` says otherwise."""
+    and ``mscan-{t,s,b,l}`` (mmc2f; SegNeXt's backbone alone), ``mmseg-segnext-{t,s,b,l}`` and
+    ``mmseg-mscan-{t,s,b,l}`` (mmseg 1.2.2). Segmentation presets have ADE20K's 150 classes unless
+    ``num_classes`` says otherwise."""
     family, _, size = name.rpartition('-')
+    if family in ('mscan', 'mmseg-mscan'):
+        segnext = 'segnext' if family == 'mscan' else 'mmseg-segnext'
+        return build_preset(f'{segnext}-{size}', num_classes).segmentor.backbone
     if size not in SIZES:
         raise ValueError(f'unknown model "{name}": expected e.g. conv2former-t, convnext-t, segnext-t, '
                          'mmseg-segnext-t, or a config file')
@@ -147,8 +151,8 @@ def default_baseline(name):
     family, _, size = name.rpartition('-')
     if family == 'conv2former':
         return f'convnext-{size}' if size != 'n' else 'convnext-t'
-    if family == 'segnext':
-        return f'mmseg-segnext-{size}'
+    if family in ('segnext', 'mscan'):
+        return f'mmseg-{family}-{size}'
     return None
 
 
@@ -162,13 +166,43 @@ def _tensors(out):
     return []
 
 
+ORT = '@onnxruntime'
+#: Families whose --fuse is mmc2f's inference path (switch_to_deploy with --deploy-backend).
+MMC2F_FAMILIES = ('conv2former', 'segnext', 'mscan')
+
+
+def split_backend(name):
+    """``'segnext-t@onnxruntime'`` -> ``('segnext-t', 'onnxruntime')``."""
+    return (name[:-len(ORT)], 'onnxruntime') if name.endswith(ORT) else (name, 'pytorch')
+
+
+def is_mmc2f(name):
+    return name.endswith('.py') or name.rpartition('-')[0] in MMC2F_FAMILIES
+
+
+def fix_nmf_seeds(model):
+    """mmc2f NMFs without an eval_seed get 0: fixed bases, as an exported graph has them."""
+    for m in model.modules():
+        if type(m).__module__.startswith('mmc2f') and getattr(m, 'rand_init', False) and \
+                hasattr(m, 'eval_seed') and m.eval_seed is None:
+            m.eval_seed = 0
+
+
 class Runner:
-    """One model prepared for timing: device, memory format, autocast, compile, optimizer."""
+    """One model prepared for timing: device, memory format, autocast, compile, optimizer; or
+    (``NAME@onnxruntime``) its ONNX export in an ONNX Runtime session."""
 
     def __init__(self, name, args):
         self.name = name
         self.args = args
-        model = build(name, args.num_classes)
+        self.session = None
+        base, backend = split_backend(name)
+        torch.manual_seed(0)  # the same network gets the same weights in every runner
+        model = build(base, args.num_classes)
+        fix_nmf_seeds(model)
+        if backend == 'onnxruntime':
+            self._init_onnxruntime(model)
+            return
         if args.with_cp:
             switched = [m for m in model.modules() if hasattr(m, 'with_cp')]
             if not switched:
@@ -181,7 +215,13 @@ class Runner:
                 raise ValueError(f'--one-step-grad: {name} has no NMF with a one_step_grad switch')
             for m in nmfs:
                 m.one_step_grad = True
-        if args.fuse:  # every module that offers inference-only fusion (backbone, head, ...)
+        self.deploy = []
+        if args.fuse and is_mmc2f(base):  # mmc2f's inference path (tools/test.py --deploy)
+            from mmc2f.engine.deploy_hook import switch_to_deploy
+            target = model.segmentor if isinstance(model, SegmentorTensor) else model
+            model.eval()
+            self.deploy = switch_to_deploy(target, backend=args.deploy_backend)
+        elif args.fuse:  # foreign models: whatever offers an inference-only fusion
             for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
                 module.switch_to_deploy()
         device = torch.device(args.device)
@@ -202,13 +242,46 @@ class Runner:
         else:
             model.eval()
 
+    def _init_onnxruntime(self, model):
+        """The model (eval mode; after switch_to_deploy with --onnx-deploy) exported at the
+        benchmark's static shape, run by ONNX Runtime with ``--threads`` intra-op threads."""
+        import onnxruntime as ort
+        from mmc2f.engine.export import export_onnx
+        args = self.args
+        if args.mode != 'infer' or not args.device.startswith('cpu') or args.dtype != 'fp32':
+            raise ValueError(f'{self.name}: ONNX Runtime is measured for CPU fp32 inference only')
+        model.eval()
+        if args.onnx_deploy:
+            for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
+                module.switch_to_deploy()
+        self.model = model
+        self.params = sum(p.numel() for p in model.parameters())
+        self.x = torch.randn(args.batch_size, 3, *args.input_size)
+        with torch.no_grad():
+            names = [f'out{i}' for i in range(len(_tensors(model(self.x))))]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(export_onnx(model, self.x, None, names), options,
+                                            providers=['CPUExecutionProvider'])
+        self.deploy = [f'ONNX Runtime {ort.__version__}, {torch.get_num_threads()} threads']
+
+    def outputs(self, x):
+        """The model's outputs for ``x`` (eval mode), as a list of tensors."""
+        if self.session is not None:
+            return [torch.from_numpy(o) for o in self.session.run(None, {'input': x.numpy()})]
+        with torch.no_grad():
+            return [t.float() for t in _tensors(self.fn(x))]
+
     def autocast(self):
         if self.dtype is None:
             return torch.autocast(self.args.device.split(':')[0], enabled=False)
         return torch.autocast(self.args.device.split(':')[0], dtype=self.dtype)
 
     def step(self):
-        if self.args.mode == 'train':
+        if self.session is not None:
+            self.session.run(None, {'input': self.x.numpy()})
+        elif self.args.mode == 'train':
             with self.autocast():
                 outs = _tensors(self.fn(self.x))
                 loss = sum(o.float().mean() for o in outs)
@@ -234,7 +307,7 @@ class Runner:
     def memory(self):
         """``(peak MiB, kind, saved MiB)`` of one step (see the module docstring)."""
         saved = None
-        if self.args.mode == 'train':
+        if self.args.mode == 'train' and self.session is None:
             saved = saved_activation_bytes(self.fn, self.x, self.autocast, self.model) / 2**20
         if self.args.device.startswith('cuda'):
             torch.cuda.synchronize()
@@ -295,12 +368,33 @@ def saved_activation_bytes(fn, x, autocast, model):
     return sum(seen.values())
 
 
+def same_network_diffs(runners, baseline, args):
+    """Max |output - baseline's| / max |baseline's| for runners of the baseline's network (same
+    preset, same weights: e.g. mmc2f's path vs the network in ONNX Runtime), inference only."""
+    if args.mode != 'infer' or not baseline:
+        return {}
+    ref_runner = next(r for r in runners if r.name == baseline)
+    x = torch.randn(args.batch_size, 3, *args.input_size,
+                    generator=torch.Generator().manual_seed(1)).to(args.device)
+    ref = ref_runner.outputs(x)
+    diffs = {}
+    for r in runners:
+        if r is ref_runner or split_backend(r.name)[0] != split_backend(baseline)[0]:
+            continue
+        outs = r.outputs(x)
+        diffs[r.name] = max(((a.cpu() - b.cpu()).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+                            for a, b in zip(outs, ref))
+    return diffs
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('models', nargs='+', help='preset names (conv2former-t, segnext-t, ...) or configs')
     p.add_argument('--baseline', help='preset/config to compare against (default: per family, '
-                   'convnext-<size> for conv2former, mmseg-segnext-<size> for segnext; "none" to skip)')
+                   'convnext-<size> for conv2former, mmseg-segnext-<size> for segnext; '
+                   '"onnxruntime": the first model exported and run in ONNX Runtime; NAME@onnxruntime; '
+                   '"none" to skip)')
     p.add_argument('--mode', choices=['infer', 'train'], default='infer')
     p.add_argument('--batch-size', type=int, default=None,
                    help='default: 1 for segmentation models, 8 otherwise')
@@ -315,6 +409,15 @@ def parse_args(argv=None):
     p.add_argument('--fuse', action='store_true',
                    help="call switch_to_deploy() (inference-only fusions) on every module that has "
                    'one (the mmseg/mmpretrain baselines have none)')
+    p.add_argument('--deploy-backend', choices=['auto', 'pytorch', 'onnxruntime'], default='auto',
+                   help="with --fuse, mmc2f models take mmc2f's inference path as tools/test.py "
+                   '--deploy does: auto (default) = ONNX Runtime for segmentors on CPU, else the '
+                   'fused PyTorch kernels')
+    p.add_argument('--backend', choices=['pytorch', 'onnxruntime'], default='pytorch',
+                   help='onnxruntime: run the listed models as their ONNX export in ONNX Runtime '
+                   '(same as naming them NAME@onnxruntime)')
+    p.add_argument('--onnx-deploy', action='store_true',
+                   help='export ONNX Runtime models after switch_to_deploy() (folded graph)')
     p.add_argument('--with-cp', action='store_true',
                    help='turn on activation checkpointing (with_cp) in every module that has it')
     p.add_argument('--one-step-grad', action='store_true',
@@ -327,7 +430,9 @@ def parse_args(argv=None):
     p.add_argument('--memory', action='store_true', help='also report memory (see the doc)')
     p.add_argument('--csv', help='append results to this CSV file')
     args = p.parse_args(argv)
-    seg = is_segmentation(args.models[0])
+    if args.backend == 'onnxruntime':
+        args.models = [m if m.endswith(ORT) else m + ORT for m in args.models]
+    seg = is_segmentation(split_backend(args.models[0])[0])
     if args.batch_size is None:
         args.batch_size = 1 if seg else 8
     if args.input_size is None:
@@ -344,7 +449,7 @@ def is_segmentation(name):
     if name.endswith('.py'):
         from mmengine.config import Config
         return str(Config.fromfile(name).model.get('type', '')).endswith('EncoderDecoder')
-    return name.rpartition('-')[0] in ('segnext', 'mmseg-segnext')
+    return name.rpartition('-')[0] in ('segnext', 'mmseg-segnext', 'mscan', 'mmseg-mscan')
 
 
 def main(argv=None):
@@ -354,12 +459,16 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     names = list(args.models)
-    baseline = args.baseline or default_baseline(names[0])
+    first = split_backend(names[0])[0]
+    baseline = args.baseline or default_baseline(first)
+    if baseline == 'onnxruntime':  # the first model's network, exported, in ONNX Runtime
+        baseline = first + ORT
     if baseline and baseline.lower() != 'none' and baseline not in names:
         names.append(baseline)
     elif baseline and baseline.lower() == 'none':
         baseline = None
     runners = [Runner(n, args) for n in names]
+    diffs = same_network_diffs(runners, baseline, args)
     for r in runners:
         for _ in range(args.warmup):
             r.step()
@@ -380,6 +489,8 @@ def main(argv=None):
     header = f'{"model":<28}{"params(M)":>10}{"img/s (median)":>16}{"vs " + (baseline or "-"):>28}'
     if args.memory:
         header += f'{"peak MiB":>12}{"saved MiB":>12}'
+    if diffs:
+        header += f'{"rel diff":>12}'
     print(header)
     rows = []
     for r in runners:
@@ -393,6 +504,8 @@ def main(argv=None):
         mem, mem_kind, saved = r.memory() if args.memory else (None, None, None)
         if args.memory:
             line += ''.join(f'{v:>12.1f}' if v is not None else f'{"-":>12}' for v in (mem, saved))
+        if diffs:
+            line += f'{diffs[r.name]:>12.1e}' if r.name in diffs else f'{"-":>12}'
         print(line)
         rows.append(dict(time=datetime.now().isoformat(timespec='seconds'), device=device,
                          model=r.name, baseline=baseline or '', mode=args.mode, dtype=args.dtype,
@@ -405,7 +518,15 @@ def main(argv=None):
                          ratio_max=round(max(ratios), 4) if ratios else '',
                          memory_mib=round(mem, 2) if mem is not None else '',
                          memory_kind=mem_kind or '',
-                         saved_mib=round(saved, 2) if saved is not None else ''))
+                         saved_mib=round(saved, 2) if saved is not None else '',
+                         max_rel_diff=f'{diffs[r.name]:.2e}' if r.name in diffs else '',
+                         path='; '.join(getattr(r, 'deploy', []) or [])))
+    for r in runners:
+        if getattr(r, 'deploy', None):
+            print(f'{r.name}: {"; ".join(r.deploy)}')
+    if diffs:
+        print(f'rel diff: max |output - {baseline}\'s| / max |{baseline}\'s output|, same input '
+              'and weights')
     if args.memory:
         print(f'memory: peak = {"CUDA peak allocated" if args.device.startswith("cuda") else "peak RSS"}'
               ' of one step minus before it; saved = MiB autograd saves for backward (train)')

@@ -1,0 +1,142 @@
+"""mmc2f's ONNX Runtime engine for segmentors (mmc2f.engine.ort) and the deploy backends."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from mmc2f.engine.deploy_hook import SwitchToDeployHook, switch_to_deploy
+from mmc2f.errors import ConfigError
+
+pytest.importorskip('onnxruntime')
+
+from mmc2f.engine.ort import OnnxRuntimeForward, restore_pytorch, run_on_onnxruntime  # noqa: E402
+
+
+def _segmentor(eval_seed=None):
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = MODELS.build(dict(
+        type='EncoderDecoder', data_preprocessor=None,
+        backbone=dict(type='mmc2f.MSCAN', embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                      mlp_ratios=[2, 2, 2, 2], norm_cfg=dict(type='BN')),
+        decode_head=dict(type='mmc2f.LightHamHead', in_channels=[16, 24, 32], in_index=[1, 2, 3],
+                         channels=16, ham_channels=16, num_classes=5, align_corners=False,
+                         norm_cfg=dict(type='GN', num_groups=8),
+                         ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=3,
+                                         eval_seed=eval_seed)),
+        test_cfg=dict(mode='whole')))
+    with torch.no_grad():  # non-trivial BN statistics
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _encode(model, x):
+    metas = [dict(img_shape=tuple(x.shape[2:]), pad_shape=tuple(x.shape[2:]))] * x.shape[0]
+    with torch.no_grad():
+        return model.encode_decode(x, metas)
+
+
+def _rel(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize('size', [(64, 64), (96, 160), (72, 88)])
+def test_encode_decode_equals_pytorch(size):
+    model = _segmentor(eval_seed=3)
+    x = torch.randn(2, 3, *size)
+    ref = _encode(model, x)
+    run_on_onnxruntime(model)
+    got = _encode(model, x)
+    assert got.shape == ref.shape
+    assert _rel(got, ref) < 1e-5
+    restore_pytorch(model)
+    torch.testing.assert_close(_encode(model, x), ref, rtol=0, atol=0)
+
+
+def test_changed_weights_are_exported_again():
+    model = _segmentor(eval_seed=1)
+    run_on_onnxruntime(model)
+    engine = model._mmc2f_onnxruntime
+    x = torch.randn(1, 3, 64, 64)
+    before = _encode(model, x)
+    with torch.no_grad():
+        model.decode_head.conv_seg.weight.mul_(-2.0)
+    after = _encode(model, x)
+    assert engine.exports == 2
+    restore_pytorch(model)
+    assert _rel(after, _encode(model, x)) < 1e-5
+    assert _rel(after, before) > 0.1
+
+
+def test_training_mode_and_grad_fall_back_to_pytorch():
+    model = _segmentor(eval_seed=1)
+    run_on_onnxruntime(model)
+    x = torch.randn(1, 3, 64, 64, requires_grad=True)
+    metas = [dict(img_shape=(64, 64), pad_shape=(64, 64))]
+    out = model.encode_decode(x, metas)
+    out.sum().backward()  # the PyTorch path: differentiable
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_missing_eval_seed_is_fixed_and_reported():
+    model = _segmentor(eval_seed=None)
+    line = run_on_onnxruntime(model)
+    assert 'eval_seed=0' in line
+    assert model.decode_head.hamburger.ham.eval_seed == 0
+
+
+def test_forward_of_a_module_with_several_outputs():
+    from mmc2f.models.backbones.mscan import MSCAN
+    torch.manual_seed(0)
+    net = MSCAN(arch=dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1]),
+                norm_cfg=dict(type='BN')).eval()
+    engine = OnnxRuntimeForward(net, threads=1)
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        refs = net(x)
+    outs = engine(x)
+    assert len(outs) == 4
+    for got, ref in zip(outs, refs):
+        assert got.shape == ref.shape and _rel(got, ref) < 1e-5
+
+
+def test_backends_and_hook():
+    model = _segmentor(eval_seed=2)
+    switched = switch_to_deploy(model, backend='auto')
+    assert switched[0] == 'backbone' and 'ONNX Runtime' in switched[1]
+    assert switch_to_deploy(model, backend='pytorch') == ['backbone']
+    assert not hasattr(model, '_mmc2f_onnxruntime')  # the PyTorch path again
+    with pytest.raises(ConfigError, match='segmentors and MSCAN on CPU'):
+        switch_to_deploy(torch.nn.Conv2d(3, 3, 1), backend='onnxruntime')
+    with pytest.raises(ConfigError, match='unknown deploy backend'):
+        switch_to_deploy(model, backend='tensorrt')
+    with pytest.raises(ConfigError, match='unknown backend'):
+        SwitchToDeployHook(backend='trt')
+    hook = SwitchToDeployHook(backend='auto')
+    messages = []
+    wrapped = SimpleNamespace(module=model)  # DDP / TTA wrappers keep the model in .module
+    hook.before_test_epoch(SimpleNamespace(model=wrapped,
+                                           logger=SimpleNamespace(info=messages.append)))
+    assert hasattr(model, '_mmc2f_onnxruntime') and 'ONNX Runtime' in messages[0]
+
+
+def test_bare_mscan_backbone_on_onnxruntime():
+    from mmc2f.models.backbones.mscan import MSCAN
+    torch.manual_seed(0)
+    net = MSCAN(arch=dict(embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1]),
+                norm_cfg=dict(type='BN')).eval()
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        refs = net(x)
+    assert 'ONNX Runtime' in switch_to_deploy(net, backend='auto')[-1]
+    with torch.no_grad():
+        outs = net(x)
+    assert all(_rel(a, b) < 1e-5 for a, b in zip(outs, refs))
+    net.train()  # training runs PyTorch, with gradients
+    sum(o.sum() for o in net(x)).backward()
+    assert net.patch_embed1.proj[0].weight.grad is not None
