@@ -272,3 +272,29 @@ def test_adaptive_pooling_keeps_spatial_axes_static(tool, tmp_path):
     assert max(r[1] for r in tool.verify(model, out, shapes)) <= TOL
     # a global pool (output 1) is fine with dynamic sizes
     assert tool.adaptive_pools(nn.Sequential(nn.AdaptiveAvgPool2d((1, 1)))) == []
+
+
+SHIPPED = (
+    [(f'configs/segnext/segnext_mscan-{s}_1xb16-adamw-160k_ade20k-512x512.py', [], 64)
+     for s in 'tsbl'] +
+    [(f'configs/conv2former/conv2former-{s}_8xb128_in1k.py', extra, 32)
+     for s in 'ntsbl'
+     for extra in ([], ['--backbone', '--cfg-options', 'model.backbone.out_indices=[0,1,2,3]'])])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('deploy', [[], ['--deploy']], ids=['plain', 'deploy'])
+@pytest.mark.parametrize('config,extra,size', SHIPPED,
+                         ids=[osp.basename(c)[:-3] + ('-backbone' if e else '') for c, e, _ in SHIPPED])
+def test_every_shipped_size_exports_with_parity(tool, tmp_path, capsys, config, extra, size,
+                                                deploy):
+    """All SegNeXt sizes and Conv2Former N/T/S/B/L classifiers and backbones (random weights):
+    the export runs in onnxruntime and equals PyTorch (max abs diff <= 1e-4 + 1e-5 x max |out|)."""
+    out = tmp_path / 'model.onnx'
+    code = tool.main([osp.join(REPO, config), '--output-file', str(out), '--shape', str(size),
+                      '--verify', *deploy, *extra])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert 'verify: OK' in printed
+    if extra:  # the backbone's four stages
+        assert 'feat0, feat1, feat2, feat3' in printed
