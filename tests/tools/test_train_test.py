@@ -130,25 +130,31 @@ def test_test_tool_miou_show_dir_out(trained):
 
 @pytest.mark.slow
 def test_test_tool_deploy_same_predictions(trained):
-    """--deploy (SwitchToDeployHook: the backbone's fused inference kernels) predicts as without."""
+    """--deploy (SwitchToDeployHook: fused kernels, the network on ONNX Runtime by default on CPU)
+    and --deploy --deploy-backend pytorch (fused kernels only) predict as without."""
     import cv2
     tmp, ckpt = trained['tmp'], str(trained['work_dir'] / 'iter_4.pth')
     labels, mious = {}, {}
-    for flag in ('', '--deploy'):
-        pred_dir = tmp / f'pred_deploy{flag}'
-        args = [TEST, trained['config'], ckpt, '--work-dir', str(tmp / f'work_deploy{flag}'),
-                '--out', str(pred_dir)] + ([flag] if flag else [])
+    logged = {'': None, 'auto': 'SwitchToDeployHook (auto): backbone, ONNX Runtime (',
+              'pytorch': 'SwitchToDeployHook (pytorch): backbone\n'}
+    for backend, line in logged.items():
+        pred_dir = tmp / f'pred_deploy{backend}'
+        flags = ['--deploy', '--deploy-backend', backend] if backend else []
+        args = [TEST, trained['config'], ckpt, '--work-dir', str(tmp / f'work_deploy{backend}'),
+                '--out', str(pred_dir)] + flags
         proc = _run(args, cwd=str(tmp))
         out = proc.stdout + proc.stderr
         assert proc.returncode == 0, out[-3000:]
-        assert ('SwitchToDeployHook: inference-only fused kernels in backbone' in out) == bool(flag)
-        mious[flag] = float(re.search(r'Iter\(test\).*mIoU: ([\d.]+)', out).group(1))
-        labels[flag] = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-                        for p in sorted(pred_dir.iterdir())]
-    same = sum((a == b).sum() for a, b in zip(labels[''], labels['--deploy']))
-    total = sum(a.size for a in labels[''])
-    assert total == 2 * 32 * 32 and same / total > 0.99, (same, total)
-    assert abs(mious[''] - mious['--deploy']) < 1.0, mious
+        assert ('SwitchToDeployHook' in out) == bool(backend)
+        assert line is None or line in out, out[-3000:]
+        mious[backend] = float(re.search(r'Iter\(test\).*mIoU: ([\d.]+)', out).group(1))
+        labels[backend] = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+                           for p in sorted(pred_dir.iterdir())]
+    for backend in ('auto', 'pytorch'):
+        same = sum((a == b).sum() for a, b in zip(labels[''], labels[backend]))
+        total = sum(a.size for a in labels[''])
+        assert total == 2 * 32 * 32 and same / total > 0.99, (backend, same, total)
+        assert abs(mious[''] - mious[backend]) < 1.0, mious
 
 
 @pytest.mark.slow
