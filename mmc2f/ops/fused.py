@@ -1,11 +1,14 @@
 """Convolutions fused with the elementwise work around them, for inference.
 
 On CPU in fp32 without autograd each call is one oneDNN kernel with a post-op
-(``torch.ops.mkldnn._convolution_pointwise``, what TorchInductor's CPU backend emits); everywhere
-else -- CUDA, half precision, autograd, tracing, ONNX export, ``torch.compile``, a build without
-oneDNN -- the same result comes from the unfused ATen ops.
+(``torch.ops.mkldnn._convolution_pointwise``, what TorchInductor's CPU backend emits), its weight
+packed once into oneDNN's blocked layout for the input's shape (cached per weight tensor and
+version, so updated weights are packed again); everywhere else -- CUDA, half precision, autograd,
+tracing, ONNX export, ``torch.compile``, a build without oneDNN -- the same result comes from the
+unfused ATen ops.
 """
-from typing import List, Optional
+import weakref
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -47,6 +50,34 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and eager())
 
 
+#: id(weight) -> {(version, conv geometry, input shape): packed weight}; a few shapes each,
+#: dropped with the weight tensor
+_PACKED: Dict[int, dict] = {}
+_PACKED_PER_WEIGHT = 4
+
+
+def _packed(weight: torch.Tensor, padding: List[int], stride: List[int], groups: int,
+            x: torch.Tensor) -> torch.Tensor:
+    """``weight`` in oneDNN's layout for this input shape (otherwise oneDNN reorders it on every
+    call); the plain weight if this build cannot pack."""
+    key = (weight._version, tuple(padding), tuple(stride), groups, tuple(x.shape))
+    cache = _PACKED.get(id(weight))
+    if cache is None:
+        cache = _PACKED[id(weight)] = {}
+        weakref.finalize(weight, _PACKED.pop, id(weight), None)
+    packed = cache.get(key)
+    if packed is None:
+        try:
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, padding, stride, [1, 1], groups, list(x.shape))
+        except (AttributeError, RuntimeError):
+            packed = weight
+        if len(cache) >= _PACKED_PER_WEIGHT:
+            cache.clear()
+        cache[key] = packed
+    return packed
+
+
 def _pair2(v) -> List[int]:
     return [int(v), int(v)] if isinstance(v, int) else [int(i) for i in v]
 
@@ -71,7 +102,8 @@ def fused_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     padding, stride = _pair2(padding), _pair2(stride)
     if _use_onednn(x, weight):
         attr, algorithm, _ = ACTIVATIONS[act] if act else ('none', '', None)
-        return _POINTWISE(x, weight, bias, padding, stride, [1, 1], groups, attr, [], algorithm)
+        return _POINTWISE(x, _packed(weight, padding, stride, groups, x), bias, padding, stride,
+                          [1, 1], groups, attr, [], algorithm)
     out = F.conv2d(x, weight, bias, stride, padding, 1, groups)
     return ACTIVATIONS[act][2](out) if act else out
 
@@ -97,8 +129,8 @@ def fused_conv_binary(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
     padding = _pair2(padding)
     if _use_onednn(x, weight) and other.dtype == torch.float32 and \
             other.shape[1] == weight.shape[0]:
-        return _POINTWISE.binary(x, other, weight, bias, padding, [1, 1], [1, 1], groups,
-                                 binary, None, None, [], None)
+        return _POINTWISE.binary(x, other, _packed(weight, padding, [1, 1], groups, x), bias,
+                                 padding, [1, 1], [1, 1], groups, binary, None, None, [], None)
     out = F.conv2d(x, weight, bias, 1, padding, 1, groups)
     return out + other if binary == 'add' else out * other
 

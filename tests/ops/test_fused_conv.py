@@ -39,3 +39,22 @@ def test_eager_check_off_under_tracing():
     assert eager()
     torch.jit.trace(fn, torch.zeros(1), check_trace=False)
     assert seen == [False]
+
+
+def test_packed_weights_follow_updates_and_die_with_the_weight():
+    import gc
+    assert fused.onednn_available(), 'this torch build has oneDNN: weights must be packed'
+    x = torch.randn(2, 8, 10, 12).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(16, 8, 3, 3), torch.randn(16)
+    with torch.no_grad():
+        first = fused.fused_conv(x, weight, bias, padding=1)
+        assert id(weight) in fused._PACKED
+        weight.mul_(-1.0)  # in place: a new version, packed again
+        second = fused.fused_conv(x, weight, bias, padding=1)
+    torch.testing.assert_close(second, F.conv2d(x, weight, bias, padding=1), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(second - bias.view(1, -1, 1, 1),
+                               -(first - bias.view(1, -1, 1, 1)), rtol=1e-4, atol=1e-4)
+    key = id(weight)
+    del weight
+    gc.collect()
+    assert key not in fused._PACKED
