@@ -32,10 +32,12 @@ from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_
 
 from mmc2f.checkpoint.keymap import apply_key_map
 from mmc2f.ops import activation_name, fused_conv, fused_conv_add, fused_conv_mul
+from mmc2f.ops.lean_train import lean
 from mmc2f.registry import MODELS
 from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
 from ..layers import DropPath, LayerNorm2d, drop_path_rates, init_layer_scale, layer_scale
 from .base import BaseBackbone
+from .mscan_lean import lean_block_forward, lean_supported, run_blocks, use_lean
 
 __all__ = ['MSCA', 'SpatialAttention', 'Mlp', 'MSCABlock', 'StemConv', 'OverlapPatchEmbed', 'MSCAN',
            'arch_settings', 'checkpoint_filter_fn', 'MSCAN_RULES', 'MSCAN_DROP']
@@ -190,6 +192,8 @@ class MSCABlock(FusedInference, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             return self.forward_fused(x)
+        if use_lean(self, x):  # NHWC training on CPU: the same gradients, less memory
+            return lean_block_forward(self, x)
         x = x + self.drop_path(layer_scale(self.attn(self.norm1(x)), self.layer_scale_1))
         x = x + self.drop_path(layer_scale(self.mlp(self.norm2(x)), self.layer_scale_2))
         return x
@@ -436,11 +440,16 @@ class MSCAN(BaseBackbone):
     def stage_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self, f'{name}{stage + 1}') for name in ('patch_embed', 'block', 'norm')]
 
+    def run_blocks(self, blocks: Sequence[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """As ``BaseBackbone``'s; with ``with_cp`` BN running stats are updated once per step."""
+        return run_blocks(blocks, x, self.with_cp)
+
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         """``(B, in_channels, H, W) -> [(B, C_i, H_i, W_i)]`` for the ``num_stages`` stages."""
         self.check_input(x)
         fused = self.fused
-        if fused:
+        nhwc = fused or (self.training and lean(x) and lean_supported(self.block1[0]))
+        if nhwc:
             # NHWC memory: oneDNN's depthwise (strip) kernels are several times faster in it.
             x = x.contiguous(memory_format=torch.channels_last)
         outs = []
@@ -452,7 +461,7 @@ class MSCAN(BaseBackbone):
             # Outputs in plain NCHW memory (heads and mmcv ops expect it); the fused path keeps
             # NHWC for the next stage.
             outs.append(x.contiguous())
-            if not fused:
+            if not nhwc:
                 x = outs[-1]
         return tuple(outs)
 
