@@ -12,6 +12,8 @@ from .depthwise import depthwise_conv, depthwise_weight_grad, pointwise_conv
 from .fused import (ACTIVATIONS, activation_name, channel_norm, fused_conv, fused_conv_add,
                     fused_conv_binary, fused_conv_mul, onednn_available)
 from .mode import eager
+from .recompute import (dwconv_mlp_residual, gated_dwconv_residual, layer_norm_linear,
+                        recompute_enabled)
 from .resize import resize_bilinear
 
 __all__ = [
@@ -19,3 +21,5 @@ __all__ = [
     'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add', 'fused_conv_binary',
     'fused_conv_mul', 'onednn_available', 'resize_bilinear'
 ]
+__all__ += ['recompute_enabled', 'layer_norm_linear', 'gated_dwconv_residual',
+            'dwconv_mlp_residual']

@@ -15,8 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from mmc2f.ops import (channel_norm, depthwise_conv, fused_conv, fused_conv_add, fused_conv_mul,
-                       pointwise_conv)
+from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_mlp_residual, fused_conv,
+                       fused_conv_add, fused_conv_mul, gated_dwconv_residual, layer_norm_linear,
+                       pointwise_conv, recompute_enabled)
 from mmc2f.registry import MODELS
 from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
 from ..layer_depth import convnext_layer_id, convnext_min_num_layers
@@ -181,9 +182,39 @@ class Block(FusedInference, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
             return self.forward_fused(x)
+        if recompute_enabled(x, *self.parameters()):
+            return self.forward_recompute(x)
         x = x + self.drop_path(self._scaled(self.attn(x), self.layer_scale_1))
         x = x + self.drop_path(self._scaled(self.mlp(x), self.layer_scale_2))
         return x
+
+    def forward_recompute(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for CPU training: four Functions of :mod:`mmc2f.ops.recompute` that save
+        9 instead of 27 floats per pixel and channel (docs/training_memory.md). ``W1`` and ``W2``
+        read the same ``LN(x)``: one matrix product with both."""
+        attn, mlp, dim = self.attn, self.mlp, self.attn.v.out_channels
+        x = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+        u = layer_norm_linear(x, attn.norm.weight, attn.norm.bias, attn.norm.eps,
+                              torch.cat([attn.att[0].weight, attn.v.weight]).view(2 * dim, dim),
+                              torch.cat([attn.att[0].bias, attn.v.bias]))
+        dw, pos = attn.att[2], mlp.pos
+        x = gated_dwconv_residual(x, u, dw.weight, dw.bias, dw.padding, attn.proj.weight.flatten(1),
+                                  attn.proj.bias, self.layer_scale_1, self._drop_scale(x))
+        q = layer_norm_linear(x, mlp.norm.weight, mlp.norm.bias, mlp.norm.eps,
+                              mlp.fc1.weight.flatten(1), mlp.fc1.bias)
+        x = dwconv_mlp_residual(x, q, pos.weight, pos.bias, pos.padding, mlp.fc2.weight.flatten(1),
+                                mlp.fc2.bias, self.layer_scale_2, self._drop_scale(x))
+        return x.permute(0, 3, 1, 2)
+
+    def _drop_scale(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``self.drop_path``'s per-sample factor ``(B,)`` (0 or ``1 / keep``), drawn as mmcv's
+        ``DropPath`` draws it (the same RNG use), or ``None`` for the identity."""
+        p = getattr(self.drop_path, 'drop_prob', 0.)
+        if not (p > 0. and self.drop_path.training):
+            return None
+        keep = 1 - p
+        mask = (keep + torch.rand((x.shape[0], 1, 1, 1), dtype=x.dtype, device=x.device)).floor_()
+        return mask.div_(keep).view(-1)
 
     def fused_weights(self) -> Dict[str, torch.Tensor]:
         """LayerNorm affines folded into the 1x1 convs that read them (``att.0``, ``v``, ``fc1``),

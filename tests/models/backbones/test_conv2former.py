@@ -266,28 +266,57 @@ def test_numerically_equivalent_to_authors_model(arch):
         assert not torch.allclose(ours(x)[-1], expected[-1], rtol=1e-4, atol=1e-4)
 
 
-def test_training_gradients_equal_authors_model():
-    """Train mode (NHWC matrix-product 1x1 convs, the large-kernel depthwise backward of
-    mmc2f.models.layers): outputs and every parameter's and the input's gradient as the authors'
-    model computes them."""
+def _authors_drop_path(reference, rate):
+    """The authors' blocks with mmcv's stochastic depth, as their training code applies it:
+    ``x + drop_path(gamma * branch(x))``, rates rising linearly over the blocks."""
+    from mmcv.cnn.bricks.drop import drop_path
+
+    from mmc2f.models.layers import drop_path_rates
+    rates = drop_path_rates([len(s) for s in reference.stages], rate)
+    for stage, stage_rates in zip(reference.stages, rates):
+        for block, p in zip(stage, stage_rates):
+            def forward(x, block=block, p=p):
+                ls1, ls2 = block.layer_scale_1[:, None, None], block.layer_scale_2[:, None, None]
+                x = x + drop_path(ls1 * block.attn(x), p, True)
+                return x + drop_path(ls2 * block.mlp(x), p, True)
+            block.forward = forward
+
+
+@pytest.mark.parametrize('drop_path_rate', [0., 0.5])
+@pytest.mark.parametrize('recompute', [True, False])
+def test_training_gradients_equal_authors_model(drop_path_rate, recompute, monkeypatch):
+    """Train mode, on the default CPU path (the recomputing Functions of mmc2f.ops.recompute) and
+    on the plain modules (what CUDA, autocast and torch.compile run): outputs and every parameter's
+    and the input's gradient as the authors' model computes them, with stochastic depth under the
+    same RNG state."""
+    from mmc2f.models.backbones import conv2former
     ref_mod = reference_module()
     spec = (SMALL['dims'], SMALL['depths'], SMALL['kernel_size'])
     reference = ref_mod.randomize_(ref_mod.build_reference(spec)).train()
-    ours = Conv2Former(dict(dims=spec[0], depths=spec[1], kernel_size=spec[2])).train()
+    _authors_drop_path(reference, drop_path_rate)
+    ours = Conv2Former(dict(dims=spec[0], depths=spec[1], kernel_size=spec[2]),
+                       drop_path_rate=drop_path_rate).train()
     weights = {k: v for k, v in reference.state_dict().items()
                if not k.startswith(('head.', 'pred.'))}
     load_state_dict_checked(ours, weights, strict=True)
-    x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    if not recompute:
+        monkeypatch.setattr(conv2former, 'recompute_enabled', lambda *a: False)
+    x = torch.randn(4, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     results = []
     for model, fwd in ((reference, reference.forward_features), (ours, ours)):
         xi = x.clone().requires_grad_()
+        torch.manual_seed(3)  # the same drop-path masks
         outs = fwd(xi)
         sum((o * torch.linspace(-1, 1, o.numel()).view_as(o)).sum() for o in outs).backward()
         results.append((outs, xi.grad, {n: p.grad for n, p in model.named_parameters()
                                         if p.grad is not None}))
+    names = {type(o.grad_fn).__name__ for o in results[1][0]}
+    fns = {type(f).__name__ for f in _grad_fns(results[1][0])}
+    assert ('_DWConvMLPResidualBackward' in fns) is recompute, (names, fns)
     (exp, exp_gx, exp_grads), (got, got_gx, got_grads) = results
     for e, g in zip(exp, got):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
     def rel_err(got, exp):  # max abs difference relative to the gradient's largest entry
         return ((got - exp).abs().max() / exp.abs().max().clamp_min(1e-6)).item()
 
@@ -295,6 +324,60 @@ def test_training_gradients_equal_authors_model():
     assert set(got_grads) == set(exp_grads) and len(got_grads) > 20
     for name, grad in exp_grads.items():
         assert rel_err(got_grads[name], grad) < 1e-4, name
+    if drop_path_rate:  # the masks drawn (2 per block with a rate > 0) dropped some branches
+        from mmc2f.models.layers import drop_path_rates
+        torch.manual_seed(3)
+        masks = [(1 - p + torch.rand(4)).floor() for p in sum(drop_path_rates(
+            SMALL['depths'], drop_path_rate), []) if p > 0 for _ in range(2)]
+        assert 0 < sum(int((m == 0).sum()) for m in masks) < 4 * len(masks)
+
+
+def _grad_fns(outs):
+    """Every autograd node behind ``outs``."""
+    seen, todo = set(), [o.grad_fn for o in outs]
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        todo += [f for f, _ in fn.next_functions]
+    return seen
+
+
+def _saved_bytes(model, x):
+    """Bytes of the unique storages autograd saves in a training forward (parameters excluded)."""
+    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in skip:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize('drop_path_rate', [0., 0.3])
+def test_training_saves_a_third_of_plain_autograd(drop_path_rate, monkeypatch):
+    """Saved for backward per block, in floats per pixel (C channels, MLP ratio 4): plain
+    autograd 27C (input, LN(x), W1 X, GELU, DW out, V, A * V, W3 out; LN, fc1 out, GELU, pos out,
+    sum, fc2 out), the recomputing path 9C (input, [W1 X, V], DW out; mid input, fc1 out) plus
+    four LayerNorm statistics."""
+    from mmc2f.models.backbones import conv2former
+    block = Block(32, kernel_size=5, drop_path=drop_path_rate).train()
+    x = torch.randn(2, 32, 16, 16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    lean = _saved_bytes(block, x)
+    monkeypatch.setattr(conv2former, 'recompute_enabled', lambda *a: False)
+    plain = _saved_bytes(block, x)
+    pixel_bytes = 2 * 16 * 16 * 4
+    masks = 2 * 2 * 4 if drop_path_rate else 0  # the (B,) per-sample factors
+    w12 = 2 * 32 * 32 * 4  # [W1; W2], concatenated
+    assert lean == (9 * 32 + 4) * pixel_bytes + w12 + masks
+    assert plain >= 27 * 32 * pixel_bytes and lean < plain / 2.9
 
 
 # --------------------------------------------------------------------------------------------
