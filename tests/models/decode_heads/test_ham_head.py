@@ -196,3 +196,25 @@ def test_predict_equals_mmseg(meta):
             results.append(head.predict(feats, [metas] * 2, test_cfg=dict()))
     assert results[0].shape == (2, 19) + size
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('ham_kwargs', [None, dict(MD_R=4, train_steps=3)],
+                         ids=['segnext_t_cfg', 'short'])
+def test_training_gradients_equal_mmseg(ham_kwargs):
+    """Every parameter's and input's gradient equals mmseg's (same weights, input, RNG state),
+    relative to the largest, 1e-3; the default NMF back-propagates through all iterations."""
+    ours, ref = _pair(**({} if ham_kwargs is None else dict(ham_kwargs=ham_kwargs)))
+    results = []
+    for model in (ours, ref):
+        feats = [f.requires_grad_() for f in _feats()]
+        torch.manual_seed(3)  # the same bases and dropout mask
+        out = model.train()(feats)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        grads = {n: p.grad for n, p in model.named_parameters()}
+        grads.update({f'input{i}': f.grad for i, f in enumerate(feats) if f.grad is not None})
+        results.append(grads)
+    got, exp = results
+    assert list(got) == list(exp)
+    largest = max(g.abs().max() for g in exp.values())
+    for name, g in exp.items():
+        assert ((got[name] - g).abs().max() / largest).item() < 1e-3, name
