@@ -195,7 +195,7 @@ def test_bench_table_from_benchmark_csv(gc, tmp_path):
 def test_driver_runs_a_section_in_a_child_and_writes_the_summary(tmp_path):
     out = tmp_path / 'out'
     proc = subprocess.run([sys.executable, osp.join(TOOLS, 'gpu_check.py'), '--device', 'cpu',
-                           '--quick', '--sections', 'c', '--out', str(out)],
+                           '--quick', '--sections', 'c', '--budget', '250', '--out', str(out)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     with open(out / 'gpu_check_summary.json') as f:

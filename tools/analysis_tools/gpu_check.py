@@ -32,10 +32,11 @@ import time
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BENCHMARK = osp.join(REPO, 'tools', 'analysis_tools', 'benchmark.py')
 TRAIN = osp.join(REPO, 'tools', 'train.py')
-SEG_DEMO = osp.join(REPO, 'configs', 'demo', 'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
+SEG_DEMO = osp.join(REPO, 'configs', 'demo',
+                    'segnext_mscan-t_1xb8-adamw-400iter_demo-seg-128x128.py')
 CLS_DEMO = osp.join(REPO, 'configs', 'demo', 'conv2former-n_1xb16-300iter_demo-cls-64px.py')
 
-#: section -> (title, time limit in seconds on the GPU)
+#: section -> (title, time limit in seconds on the GPU machine; on CPU only --budget bounds them)
 SECTIONS = {
     'a': ('outputs and gradients vs the CPU fp32 reference; deploy vs unfused', 100),
     'b': ('bf16 autocast: finite, NMF in fp32', 45),
@@ -398,37 +399,45 @@ def _seeded(factory, seed=0):
 
 def section_a(res, args):
     """Outputs and gradients vs the CPU fp32 reference; deploy vs unfused on the device."""
-    import copy
     setup_torch(args.device)
     models = build_models(args.quick)
     for name, (factory, shape) in models.items():
-        ref = _seeded(factory)
-        dev = copy.deepcopy(ref).to(args.device)
-        x = make_input(shape)
-        for train in (True, False):
-            mode = 'train' if train else 'eval'
-            r_out, r_grad = run_model(ref, x, train)
-            d_out, d_grad = res.guard(f'{name} {mode} forward on {args.device}', run_model,
-                                      dev, x.to(args.device), train) or (None, None)
-            if d_out is None:
-                continue
-            err, key = compare(d_out, r_out)
-            res.check(f'{name} {mode} outputs {args.device} vs cpu', err <= TOL['out_fp32'],
-                      f'rel err {err:.2e} ({key}), tol {TOL["out_fp32"]:.0e}')
-            if train:
-                err, key = compare(d_grad, r_grad, GRAD_FLOOR)
-                res.check(f'{name} gradients {args.device} vs cpu', err <= TOL['grad_fp32'],
-                          f'worst rel err {err:.2e} ({key}), tol {TOL["grad_fp32"]:.0e}')
-        # the deployed eval path against the unfused one, on the device
-        unfused, _ = run_model(dev, x.to(args.device), False)
-        n = deploy(dev.eval())
-        fused, _ = run_model(dev, x.to(args.device), False)
-        err, key = compare(fused, unfused)
-        res.check(f'{name} switch_to_deploy vs unfused on {args.device}',
-                  n > 0 and err <= TOL['deploy'],
-                  f'{n} modules deployed, rel err {err:.2e} ({key}), tol {TOL["deploy"]:.0e}')
-        del ref, dev
-    # mmseg 1.2.2's SegNeXt with the same weights (CPU) against mmc2f's on the device
+        res.guard(name, _a_one, res, args, name, factory, shape)
+    res.guard('SegNeXt mmc2f vs mmseg', _a_mmseg, res, args)
+
+
+def _a_one(res, args, name, factory, shape):
+    import copy
+    ref = _seeded(factory)
+    dev = copy.deepcopy(ref).to(args.device)
+    x = make_input(shape)
+    for train in (True, False):
+        mode = 'train' if train else 'eval'
+        r_out, r_grad = run_model(ref, x, train)
+        d_out, d_grad = res.guard(f'{name} {mode} forward on {args.device}', run_model,
+                                  dev, x.to(args.device), train) or (None, None)
+        if d_out is None:
+            continue
+        err, key = compare(d_out, r_out)
+        res.check(f'{name} {mode} outputs {args.device} vs cpu', err <= TOL['out_fp32'],
+                  f'rel err {err:.2e} ({key}), tol {TOL["out_fp32"]:.0e}')
+        if train:
+            err, key = compare(d_grad, r_grad, GRAD_FLOOR)
+            res.check(f'{name} gradients {args.device} vs cpu', err <= TOL['grad_fp32'],
+                      f'worst rel err {err:.2e} ({key}), tol {TOL["grad_fp32"]:.0e}')
+    # the deployed eval path against the unfused one, on the device
+    unfused, _ = run_model(dev, x.to(args.device), False)
+    n = deploy(dev.eval())
+    fused, _ = run_model(dev, x.to(args.device), False)
+    err, key = compare(fused, unfused)
+    res.check(f'{name} switch_to_deploy vs unfused on {args.device}',
+              n > 0 and err <= TOL['deploy'],
+              f'{n} modules deployed, rel err {err:.2e} ({key}), tol {TOL["deploy"]:.0e}')
+    del ref, dev
+
+
+def _a_mmseg(res, args):
+    """mmseg 1.2.2's SegNeXt with the same weights (CPU) against mmc2f's on the device."""
     ours = _seeded(lambda: SegNeXt.build(args.quick))
     theirs = SegNeXt.build(args.quick, impl='mmseg')
     missing = theirs.load_state_dict(ours.state_dict(), strict=True)
@@ -453,35 +462,39 @@ def section_a(res, args):
 
 def section_b(res, args):
     """bf16 autocast: finite outputs and gradients; the NMF's products in fp32."""
+    models = build_models(args.quick)
+    for name, (factory, shape) in models.items():
+        res.guard(name, _b_one, res, args, name, factory, shape)
+
+
+def _b_one(res, args, name, factory, shape):
     import torch
     from mmc2f.models.decode_heads.nmf import NMF2D
-    models = build_models(args.quick)
     device_type = args.device.split(':')[0]
-    for name, (factory, shape) in models.items():
-        model = _seeded(factory).to(args.device).train()
-        recorders = [MatmulDtypes().wrap(m) for m in model.modules() if isinstance(m, NMF2D)]
-        x = make_input(shape).to(args.device)
-        with torch.autocast(device_type, dtype=torch.bfloat16):
-            outs = tensors(model(x))
-        loss = projection_loss(outs)
-        loss.backward()
-        dtypes = sorted({str(o.dtype) for o in outs})
-        res.check(f'{name} bf16 outputs finite', all(torch.isfinite(o).all().item() for o in outs),
-                  f'output dtypes {dtypes}')
-        bad = [n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
-        res.check(f'{name} bf16 gradients finite and present', not bad,
-                  f'{len(bad)} bad: {bad[:3]}' if bad else
-                  f'{sum(1 for _ in model.parameters())} parameters')
-        for i, rec in enumerate(recorders):
-            products = [d for op, d in rec.records if op != '<output>']
-            out_dtypes = {d for op, d in rec.records if op == '<output>'}
-            ok = bool(products) and all(d == torch.float32 for d in products) and \
-                out_dtypes == {torch.bfloat16}
-            res.check(f'{name} NMF #{i} computes in fp32 under bf16 autocast', ok,
-                      f'{len(products)} matrix products, dtypes {sorted({str(d) for d in products})}'
-                      f', output {sorted(str(d) for d in out_dtypes)} (expected float32 products, '
-                      'bfloat16 output)')
+    model = _seeded(factory).to(args.device).train()
+    recorders = [MatmulDtypes().wrap(m) for m in model.modules() if isinstance(m, NMF2D)]
+    x = make_input(shape).to(args.device)
+    with torch.autocast(device_type, dtype=torch.bfloat16):
+        outs = tensors(model(x))
+    loss = projection_loss(outs)
+    loss.backward()
+    dtypes = sorted({str(o.dtype) for o in outs})
+    res.check(f'{name} bf16 outputs finite', all(torch.isfinite(o).all().item() for o in outs),
+              f'output dtypes {dtypes}')
+    bad = [n for n, p in model.named_parameters()
+           if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    res.check(f'{name} bf16 gradients finite and present', not bad,
+              f'{len(bad)} bad: {bad[:3]}' if bad else
+              f'{sum(1 for _ in model.parameters())} parameters')
+    for i, rec in enumerate(recorders):
+        products = [d for op, d in rec.records if op != '<output>']
+        out_dtypes = {d for op, d in rec.records if op == '<output>'}
+        ok = bool(products) and all(d == torch.float32 for d in products) and \
+            out_dtypes == {torch.bfloat16}
+        res.check(f'{name} NMF #{i} computes in fp32 under bf16 autocast', ok,
+                  f'{len(products)} matrix products, dtypes {sorted({str(d) for d in products})}'
+                  f', output {sorted(str(d) for d in out_dtypes)} (expected float32 products, '
+                  'bfloat16 output)')
 
 
 def _saved_bytes(model, x):
@@ -502,26 +515,30 @@ def _saved_bytes(model, x):
 
 def section_c(res, args):
     """with_cp=True: the same gradients as without; fewer bytes saved for backward."""
-    import copy
     setup_torch(args.device)
     models = build_models(args.quick)
     for name, (factory, shape) in models.items():
-        plain = _seeded(factory).to(args.device)
-        cp = copy.deepcopy(plain)
-        switched = [m for m in cp.modules() if hasattr(m, 'with_cp')]
-        for m in switched:
-            m.with_cp = True
-        x = make_input(shape).to(args.device)
-        (o1, g1), saved1 = _saved_bytes(plain, x)
-        (o2, g2), saved2 = _saved_bytes(cp, x)
-        err_o, _ = compare(o2, o1)
-        err_g, key = compare(g2, g1, GRAD_FLOOR)
-        res.check(f'{name} with_cp outputs and gradients equal', bool(switched) and
-                  max(err_o, err_g) <= TOL['with_cp'],
-                  f'{len(switched)} modules switched, rel err outputs {err_o:.2e}, gradients '
-                  f'{err_g:.2e} ({key}), tol {TOL["with_cp"]:.0e}')
-        res.check(f'{name} with_cp saves less for backward', saved2 < saved1,
-                  f'{saved1 / 2**20:.1f} MiB -> {saved2 / 2**20:.1f} MiB')
+        res.guard(name, _c_one, res, args, name, factory, shape)
+
+
+def _c_one(res, args, name, factory, shape):
+    import copy
+    plain = _seeded(factory).to(args.device)
+    cp = copy.deepcopy(plain)
+    switched = [m for m in cp.modules() if hasattr(m, 'with_cp')]
+    for m in switched:
+        m.with_cp = True
+    x = make_input(shape).to(args.device)
+    (o1, g1), saved1 = _saved_bytes(plain, x)
+    (o2, g2), saved2 = _saved_bytes(cp, x)
+    err_o, _ = compare(o2, o1)
+    err_g, key = compare(g2, g1, GRAD_FLOOR)
+    res.check(f'{name} with_cp outputs and gradients equal', bool(switched) and
+              max(err_o, err_g) <= TOL['with_cp'],
+              f'{len(switched)} modules switched, rel err outputs {err_o:.2e}, gradients '
+              f'{err_g:.2e} ({key}), tol {TOL["with_cp"]:.0e}')
+    res.check(f'{name} with_cp saves less for backward', saved2 < saved1,
+              f'{saved1 / 2**20:.1f} MiB -> {saved2 / 2**20:.1f} MiB')
 
 
 def section_d(res, args):
@@ -748,8 +765,8 @@ def section_e(res, args):
         with open(osp.join(args.out, f'train_{task}_{"amp" if amp else "fp32"}.log'), 'w') as f:
             f.write(log)
         if proc.returncode != 0:
-            res.check(f'{name}: {iters} iterations', False,
-                      f'exit {proc.returncode}: ' + ' | '.join(log.strip().splitlines()[-3:])[-400:])
+            tail = ' | '.join(log.strip().splitlines()[-3:])[-400:]
+            res.check(f'{name}: {iters} iterations', False, f'exit {proc.returncode}: {tail}')
             continue
         losses, metrics, cuda_memory = read_losses(work)
         finite = bool(losses) and all(math.isfinite(v) for v in losses)
@@ -760,10 +777,10 @@ def section_e(res, args):
 
 # ---- f: benchmark
 
-def bench_runs(quick):
-    """(preset, baseline, mode, compile) in the order they run: eager first, then compiled."""
+def bench_runs(which='all'):
+    """``(preset, mode, compile)`` in the order they run: eager first, then compiled."""
     runs = []
-    for compiled in (False, True):
+    for compiled in {'all': (False, True), 'eager': (False, ), 'compiled': (True, )}[which]:
         for mode in ('infer', 'train'):
             for model in ('conv2former-t', 'segnext-t'):
                 runs.append((model, mode, compiled))
@@ -785,7 +802,7 @@ def bench_argv(model, mode, compiled, args):
 
 def section_f(res, args):
     deadline = args.section_deadline
-    for model, mode, compiled in bench_runs(args.quick):
+    for model, mode, compiled in bench_runs(args.bench):
         label = f'benchmark {model} {mode} {"compiled" if compiled else "eager"}'
         left = deadline - time.time()
         need = 25 if not compiled else 60
@@ -848,6 +865,8 @@ def parse_args(argv=None):
                    help='comma-separated subset of ' + ','.join(SECTIONS))
     p.add_argument('--budget', type=float, default=450,
                    help='seconds for all sections together (default 450)')
+    p.add_argument('--bench', choices=['all', 'eager', 'compiled'], default='all',
+                   help='which benchmark runs section f makes (default: eager, then compiled)')
     p.add_argument('--jobs', type=int, default=None,
                    help='checks (a-e) run at the same time; default 1 on CPU, 5 otherwise (the '
                    'benchmark always runs alone, after them)')
@@ -908,7 +927,9 @@ def main(argv=None):
             if left < 20:
                 items.append(_skip_section(s, f'time budget ({left:.0f}s left)'))
                 continue
-            running[s] = _start_section(s, min(SECTIONS[s][1], left), args, jobs)
+            # the limits are sized for the GPU machine; on CPU only the budget bounds a section
+            limit = left if args.device == 'cpu' else min(SECTIONS[s][1], left)
+            running[s] = _start_section(s, limit, args, jobs)
         time.sleep(0.5)
         for s in list(running):
             items += _finish_section(s, running, args)
@@ -940,6 +961,7 @@ def _start_section(s, limit, args, jobs):
            '--out', args.out, '--section-deadline', str(time.time() + limit - 10)]
     cmd += ['--quick'] if args.quick else []
     cmd += ['--tmp', args.tmp] if args.tmp else []
+    cmd += ['--bench', args.bench]
     env = dict(os.environ)
     if jobs > 1 and 'OMP_NUM_THREADS' not in env:
         env['OMP_NUM_THREADS'] = str(max(1, (os.cpu_count() or 1) // jobs))

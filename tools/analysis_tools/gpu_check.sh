@@ -14,10 +14,12 @@
 # gpu_check_summary.txt/.json (PASS/FAIL/SKIP per check), gpu_bench.csv and gpu_bench.md (the
 # benchmark table). Exit status: 0 when nothing failed, 1 when a check failed, 2 when the set-up
 # failed.
-# Environment: GPU_CHECK_PYTHON (interpreter, default python3), GPU_CHECK_VENV (where the venv goes,
+# Environment: GPU_CHECK_PYTHON (interpreter, default: the first of python3, python, python3.12
+# that imports torch), GPU_CHECK_VENV (where the venv goes,
 # default $TMPDIR/mmc2f-gpu-check-venv), GPU_CHECK_WHEELS (wheel folder), GPU_CHECK_BUDGET (seconds
 # for the whole script, default 470).
 set -uo pipefail
+{ # read to the end before running: an edit while it runs cannot change what runs
 START=$(date +%s)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$ROOT"
@@ -30,7 +32,13 @@ TEE_PID=$!
 # let tee write the last lines before the script ends
 finish() { exec 1>&- 2>&-; wait "$TEE_PID" 2> /dev/null; exit "$1"; }
 
-PY="${GPU_CHECK_PYTHON:-python3}"
+PY="${GPU_CHECK_PYTHON:-}"
+if [[ -z "$PY" ]]; then  # the first interpreter that has torch
+  for cand in python3 python python3.12; do
+    if command -v "$cand" > /dev/null && "$cand" -c 'import torch' 2> /dev/null; then PY=$cand; break; fi
+  done
+  PY=${PY:-python3}
+fi
 VENV="${GPU_CHECK_VENV:-${TMPDIR:-/tmp}/mmc2f-gpu-check-venv}"
 WHEELS="${GPU_CHECK_WHEELS:-$ROOT/tools/analysis_tools/gpu_wheels}"
 BUDGET="${GPU_CHECK_BUDGET:-470}"
@@ -43,7 +51,11 @@ echo "[gpu_check.sh] $(date -u +%FT%TZ) repo $ROOT, results -> $OUT_DIR"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 
 if [[ ! -x "$VENV/bin/python" ]]; then
-  "$PY" -m venv --system-site-packages "$VENV" || fail_setup "python -m venv $VENV"
+  # without ensurepip (e.g. Debian's python3 without python3-venv) the venv gets no pip of its
+  # own; its interpreter then runs the system's pip, which installs into the venv
+  "$PY" -m venv --system-site-packages "$VENV" \
+    || { rm -rf "$VENV"; "$PY" -m venv --system-site-packages --without-pip "$VENV"; } \
+    || fail_setup "python -m venv $VENV"
 fi
 VPY="$VENV/bin/python"
 shopt -s nullglob
@@ -62,3 +74,4 @@ echo "[gpu_check.sh] set-up took ${SETUP_S}s"
 RC=$?
 echo "[gpu_check.sh] exit status $RC after $(( $(date +%s) - START ))s"
 finish $RC
+}
