@@ -51,7 +51,7 @@ F_RESERVE = 200
 
 #: tolerances (relative to the largest value of the reference tensor; for gradients to at least
 #: GRAD_FLOOR x the largest gradient of the model)
-GRAD_FLOOR = 1e-3
+GRAD_FLOOR = 1e-2
 TOL = dict(
     out_fp32=1e-3,     # device fp32 (TF32 off) vs CPU fp32 outputs
     grad_fp32=5e-3,    # ... gradients (longer reduction chains, BatchNorm's batch statistics)
@@ -560,8 +560,8 @@ def section_d(res, args):
             res.check(f'{name} {mode}: no graph breaks', breaks == 0 and graphs == 1,
                       f'{breaks} breaks, {graphs} graphs' + (f'; {reasons[:2]}' if reasons else ''))
         model.train()  # drops the fused weights
-    if args.quick and args.device == 'cpu':
-        res.skip('compiled vs eager', 'not on CPU --quick (tests/models/test_compile.py has it)')
+    if args.device == 'cpu':
+        res.skip('compiled vs eager', 'not on CPU (tests/models/test_compile.py has it)')
         return
     names = list(models)
     # most telling first; each compile takes about a minute: stop at the section's deadline
