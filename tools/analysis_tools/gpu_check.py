@@ -771,8 +771,10 @@ def section_e(res, args):
         losses, metrics, cuda_memory = read_losses(work)
         finite = bool(losses) and all(math.isfinite(v) for v in losses)
         on_device = args.device == 'cpu' or cuda_memory
+        where = '' if args.device == 'cpu' else \
+            f', CUDA memory logged: {"yes" if cuda_memory else "no (not trained on the GPU?)"}'
         res.check(f'{name}: {iters} iterations', finite and on_device,
-                  f'{took:.0f}s, losses {[round(v, 3) for v in losses]}, {metrics}')
+                  f'{took:.0f}s, losses {[round(v, 3) for v in losses]}, {metrics}{where}')
 
 
 # ---- f: benchmark
