@@ -58,8 +58,6 @@ def test_gradients_and_bn_stats_equal_mmseg(with_cp):
     x = torch.randn(2, 3, 64, 80)
     got, got_sd, outs = _step(ours, x)
     exp, exp_sd, exp_outs = _step(ref, x)
-    # the lean kernels ran (NHWC memory, custom functions)
-    assert any(type(n.grad_fn).__name__.startswith('_') for n in [outs[0]]) or True
     for o, e in zip(outs, exp_outs):
         assert o.is_contiguous()
         torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-4)
