@@ -204,8 +204,7 @@ class _DWConvMLPResidual(torch.autograd.Function):
                                                                  scale)
         del h2
         grad_h2 = grad_h2.view(q.shape)
-        grad_r = _aten.gelu_backward(grad_h2, r)
-        del r
+        grad_r = _aten.gelu_backward.grad_input(grad_h2, r, approximate='none', grad_input=r)
         channels = dw_weight.shape[0]
         grad_h, grad_dw, grad_dwb = _aten.convolution_backward(
             grad_r.permute(0, 3, 1, 2), h.permute(0, 3, 1, 2), dw_weight,
