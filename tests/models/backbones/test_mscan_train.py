@@ -125,3 +125,17 @@ def test_saves_less_than_the_plain_modules(monkeypatch):
     monkeypatch.setattr(mscan_lean, 'lean', lambda x: False)
     plain = _saved_bytes(ours, x)
     assert lean < 0.35 * plain, (lean, plain)
+
+
+def test_autocast_and_double_take_the_plain_modules(monkeypatch):
+    """bf16 autocast and non-fp32 inputs keep the plain (portable) modules."""
+    ours, _ = _pair(depths=[1, 1, 1, 1])
+    calls = []
+    monkeypatch.setattr('mmc2f.models.backbones.mscan.lean_block_forward',
+                        lambda b, x: calls.append(1))
+    x = torch.randn(1, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        outs = ours.train()(x)
+    sum(o.float().sum() for o in outs).backward()
+    ours.double()(x.double())
+    assert calls == []
