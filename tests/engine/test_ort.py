@@ -64,6 +64,7 @@ def test_changed_weights_are_exported_again():
     engine = model._mmc2f_onnxruntime
     x = torch.randn(1, 3, 64, 64)
     before = _encode(model, x)
+    assert engine.exports == 1
     with torch.no_grad():
         model.decode_head.conv_seg.weight.mul_(-2.0)
     after = _encode(model, x)
@@ -140,3 +141,30 @@ def test_bare_mscan_backbone_on_onnxruntime():
     net.train()  # training runs PyTorch, with gradients
     sum(o.sum() for o in net(x)).backward()
     assert net.patch_embed1.proj[0].weight.grad is not None
+
+
+def test_resize_target_other_than_the_input_takes_pytorch():
+    model = _segmentor(eval_seed=1)
+    x = torch.randn(1, 3, 64, 64)
+    metas = [dict(img_shape=(48, 40))]
+    with torch.no_grad():
+        ref = model.encode_decode(x, metas)
+        run_on_onnxruntime(model)
+        got = model.encode_decode(x, metas)
+    assert got.shape[2:] == (48, 40)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+def test_static_graphs_for_the_first_shapes_then_one_dynamic_graph():
+    model = _segmentor(eval_seed=1)
+    run_on_onnxruntime(model)
+    engine = model._mmc2f_onnxruntime
+    engine.static_shapes = 2
+    shapes = [(64, 64), (64, 64), (72, 64), (80, 96), (96, 80), (72, 64)]
+    for h, w in shapes:
+        x = torch.randn(1, 3, h, w)
+        got = _encode(model, x)
+        assert _rel(got, type(model).encode_decode(
+            model, x, [dict(img_shape=(h, w), pad_shape=(h, w))]).detach()) < 1e-5
+    assert set(engine.sessions) == {(1, 3, 64, 64), (1, 3, 72, 64), 'dynamic'}
+    assert engine.exports == 3
