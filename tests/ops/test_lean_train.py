@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _reference.memory import saved_bytes
 
 from mmc2f.ops import lean_train as lt
 
@@ -150,20 +151,9 @@ def test_depthwise_row_strip_view(k, channels_last):
 
 
 def _saved_bytes(fn, inputs, params):
-    skip = {p.untyped_storage().data_ptr() for p in params}
-    skip |= {t.untyped_storage().data_ptr() for t in inputs}
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in skip:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = fn(*inputs)
+    size, out = saved_bytes(lambda: fn(*inputs), list(params) + list(inputs))
     out.sum().backward()
-    return sum(seen.values())
+    return size
 
 
 @pytest.mark.parametrize('name,most', [('pointwise_act', 0.), ('branch_sum', 0.),

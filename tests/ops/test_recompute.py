@@ -4,6 +4,7 @@ guard, and what they save for backward (byte counts, not timings)."""
 import pytest
 import torch
 import torch.nn.functional as F
+from _reference.memory import saved_bytes
 
 from mmc2f.ops import recompute
 
@@ -129,19 +130,8 @@ def test_gradcheck_float64():
 
 
 def _saved_bytes(fn, leaves):
-    """Bytes of the unique storages autograd saves while ``fn()`` runs, ``leaves``' excluded."""
-    skip = {t.untyped_storage().data_ptr() for t in leaves if t is not None}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(seen.values())
+    """Bytes autograd saves while ``fn()`` runs, ``leaves``' excluded."""
+    return saved_bytes(fn, leaves)[0]
 
 
 @pytest.mark.parametrize('op', ['gated', 'mlp'])

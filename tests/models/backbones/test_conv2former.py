@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 from _reference.checkpoints import reference_module
+from _reference.memory import saved_bytes
 
 from mmc2f.models.backbones.conv2former import Block, Conv2Former
 from mmc2f.models.backbones.conv2former_iso import Conv2FormerIsotropic
@@ -345,19 +346,8 @@ def _grad_fns(outs):
 
 
 def _saved_bytes(model, x):
-    """Bytes of the unique storages autograd saves in a training forward (parameters excluded)."""
-    skip = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in skip:
-            seen[ptr] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(x)
-    return sum(seen.values())
+    """Bytes autograd saves in a training forward (parameters excluded)."""
+    return saved_bytes(lambda: model(x), model.parameters())[0]
 
 
 @pytest.mark.parametrize('drop_path_rate', [0., 0.3])

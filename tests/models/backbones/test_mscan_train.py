@@ -3,6 +3,7 @@ equal mmseg 1.2.2's for the same weights, input and RNG state; with_cp; what aut
 import pytest
 import torch
 from mmseg.models.backbones import MSCAN as MMSegMSCAN
+from _reference.memory import saved_bytes
 
 from mmc2f.models.backbones import mscan_lean
 from mmc2f.models.backbones.mscan import MSCAN, arch_settings
@@ -100,19 +101,9 @@ def test_mlp_dropout_takes_the_plain_path(monkeypatch):
 
 
 def _saved_bytes(model, x):
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen = {}
-
-    def pack(t):
-        s = t.untyped_storage()
-        if s.data_ptr() not in params:
-            seen[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        outs = model.train()(x)
+    size, outs = saved_bytes(lambda: model.train()(x), model.parameters())
     sum(o.sum() for o in outs).backward()
-    return sum(seen.values())
+    return size
 
 
 def test_saves_less_than_the_plain_modules(monkeypatch):
