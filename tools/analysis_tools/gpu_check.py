@@ -608,6 +608,16 @@ def _compiled_vs_eager(res, name, model_spec, mode, device):
 
 # ---- e: training
 
+
+def shape_mask(yy, xx, kind, cy, cx, r):
+    """Pixels of a circle (0), square (1) or triangle (2) of radius ``r`` centred at (cy, cx)."""
+    if kind == 0:
+        return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    if kind == 1:
+        return (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
+    return (yy - cy <= r) & (yy - cy >= -r) & (abs(xx - cx) <= (yy - cy + r) / 2)
+
+
 def write_seg_data(root, num_train, num_val, size=128, seed=0):
     """A small set in the demo's layout (images/{training,validation}/*.jpg, annotations/.../*.png,
     labels 0..3), drawn with numpy and PIL only (for machines without OpenCV)."""
@@ -624,13 +634,7 @@ def write_seg_data(root, num_train, num_val, size=128, seed=0):
                 cls = int(rng.integers(1, 4))
                 cy, cx = rng.integers(size // 6, size - size // 6, 2)
                 r = int(rng.integers(size // 10, size // 4))
-                if cls == 1:
-                    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                elif cls == 2:
-                    mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
-                else:
-                    mask = (yy - cy <= r) & (yy - cy >= -r) & (abs(xx - cx) <= (yy - cy + r) / 2)
-                label[mask] = cls
+                label[shape_mask(yy, xx, cls - 1, cy, cx, r)] = cls
             colours = rng.integers(0, 256, (4, 3))
             img = colours[label] + rng.normal(0, 12, (size, size, 3))
             Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
@@ -655,12 +659,7 @@ def write_cls_data(root, num_per_class, num_val, size=64, seed=0):
             for i in range(n):
                 cy, cx = rng.integers(size // 3, 2 * size // 3, 2)
                 r = int(rng.integers(size // 8, size // 4))
-                if label == 0:
-                    mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                elif label == 1:
-                    mask = (abs(yy - cy) <= r) & (abs(xx - cx) <= r)
-                else:
-                    mask = (yy - cy <= r) & (yy - cy >= -r) & (abs(xx - cx) <= (yy - cy + r) / 2)
+                mask = shape_mask(yy, xx, label, cy, cx, r)
                 img = np.where(mask[..., None], rng.integers(0, 256, 3), rng.integers(0, 256, 3))
                 img = np.clip(img + rng.normal(0, 10, img.shape), 0, 255).astype(np.uint8)
                 Image.fromarray(img).save(osp.join(root, split, cls, f'{i:05d}.png'))
