@@ -6,7 +6,8 @@
   1x1 convolutions on NHWC tensors;
 * :mod:`.fused`: convolutions with their activation / residual add / product in one oneDNN
   kernel;
-* :mod:`.resize`: bilinear upsampling of logits by an integer factor.
+* :mod:`.resize`: bilinear upsampling of logits by an integer factor;
+* :mod:`.seg_loss`: cross-entropy of upsampled logits that keeps only the small ones.
 """
 from .depthwise import depthwise_conv, depthwise_weight_grad, pointwise_conv
 from .fused import (ACTIVATIONS, activation_name, channel_norm, fused_conv, fused_conv_add,
@@ -15,6 +16,7 @@ from .mode import eager
 from .recompute import (dwconv_mlp_residual, gated_dwconv_residual, layer_norm_linear,
                         recompute_enabled)
 from .resize import resize_bilinear
+from .seg_loss import resized_cross_entropy
 
 __all__ = [
     'eager', 'depthwise_conv', 'depthwise_weight_grad', 'pointwise_conv', 'ACTIVATIONS',
@@ -22,4 +24,4 @@ __all__ = [
     'fused_conv_mul', 'onednn_available', 'resize_bilinear'
 ]
 __all__ += ['recompute_enabled', 'layer_norm_linear', 'gated_dwconv_residual',
-            'dwconv_mlp_residual']
+            'dwconv_mlp_residual', 'resized_cross_entropy']

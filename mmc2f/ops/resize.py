@@ -11,8 +11,13 @@ views, with no index tensors and one write of the output:
                           out[j] = x[i0] + (src - i0) (x[min(i0 + 1, n - 1)] - x[i0])
 
 (PyTorch's definition). Results equal ``F.interpolate(..., mode='bilinear')`` up to float rounding
-(1e-6 relative). Other cases (non-integer factors, ``align_corners=True``, a downsampling, autograd)
-use ``F.interpolate``.
+(1e-6 relative). Other cases (non-integer factors, ``align_corners=True``, a downsampling) use
+``F.interpolate``.
+
+Training (the decode head's loss resizes the logits to the labels): on CPU the gradient is the
+resize's adjoint, per axis one batched ``(3, s) @ (s, W)`` product that gathers each input row's
+share from the ``s`` output rows of its block (``own``) and of the blocks above and below (``up``,
+``down``), instead of PyTorch's scatter kernel (about 6x faster at 150 x 512 x 512; README).
 """
 from typing import Sequence
 
@@ -30,12 +35,35 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     ``(B, C, H, W)`` tensors; integer upsampling factors take the phase-wise path above."""
     out_h, out_w = int(size[0]), int(size[1])
     in_h, in_w = x.shape[-2:]
-    fast = (not align_corners and x.dim() == 4 and x.is_floating_point()
-            and not (torch.is_grad_enabled() and x.requires_grad) and eager()
+    fast = (not align_corners and x.dim() == 4 and x.is_floating_point() and eager()
             and in_h > 0 and in_w > 0
             and out_h % in_h == 0 and out_w % in_w == 0 and (out_h, out_w) != (in_h, in_w))
-    if not fast:
+    grad = torch.is_grad_enabled() and x.requires_grad
+    if not fast or grad and x.device.type != 'cpu':
         return F.interpolate(x, size=(out_h, out_w), mode='bilinear', align_corners=align_corners)
+    if grad:
+        return _ResizeBilinear.apply(x, out_h, out_w)
+    return _upsample(x, out_h, out_w)
+
+
+class _ResizeBilinear(torch.autograd.Function):
+    """The phase-wise upsampling with its adjoint as the backward (nothing saved)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+        ctx.in_hw = tuple(x.shape[-2:])
+        return _upsample(x, out_h, out_w)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        in_h, in_w = ctx.in_hw
+        grad = grad.contiguous()
+        grad = _adjoint_dim(grad, grad.shape[2] // in_h, dim=2)
+        return _adjoint_dim(grad, grad.shape[3] // in_w, dim=3), None, None
+
+
+def _upsample(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    in_h, in_w = x.shape[-2:]
     x = x.contiguous()
     b, c = x.shape[:2]
     # along W first (the smaller intermediate), then along H straight into the output
@@ -72,3 +100,27 @@ def _upsample_dim(x: torch.Tensor, out: torch.Tensor, s: int, dim: int) -> None:
         else:  # q <= n - 2 blends q and q + 1; q = n - 1 is clamped to x[n - 1]
             torch.lerp(lo, hi, w, out=dst.narrow(dim, 0, n - 1))
             dst.narrow(dim, n - 1, 1).copy_(x.narrow(dim, n - 1, 1))
+
+
+def _adjoint_dim(g: torch.Tensor, s: int, dim: int) -> torch.Tensor:
+    """The transpose of :func:`_upsample_dim`: ``g`` (``n s`` along ``dim``, 2 or 3) -> ``n``."""
+    if s == 1:
+        return g
+    n = g.shape[dim] // s
+    weights = g.new_zeros(3, s)  # rows: own block, the block above (q - 1), below (q + 1)
+    for p, left, w in _phase_weights(s):
+        weights[0, p] = w if left else 1.0 - w
+        weights[1 if left else 2, p] = 1.0 - w if left else w
+    if dim == 2:  # (B, C, n, s, W) -> (B, C, n, 3, W)
+        parts = torch.matmul(weights, g.unflatten(2, (n, s))).unbind(3)
+    else:  # (B, C, H, n, s) -> (B, C, H, n, 3)
+        parts = torch.matmul(g.unflatten(3, (n, s)), weights.t()).unbind(4)
+    own, up, down = parts
+    out = own.contiguous()
+    if n > 1:
+        out.narrow(dim, 0, n - 1).add_(up.narrow(dim, 1, n - 1))
+        out.narrow(dim, 1, n - 1).add_(down.narrow(dim, 0, n - 1))
+    # the clamped edges: block 0's "above" and block n - 1's "below" stay in their own row
+    out.narrow(dim, 0, 1).add_(up.narrow(dim, 0, 1))
+    out.narrow(dim, n - 1, 1).add_(down.narrow(dim, n - 1, 1))
+    return out

@@ -29,9 +29,23 @@ def test_align_corners_and_channels_last_and_autograd():
                                F.interpolate(x, (16, 24), mode='bilinear', align_corners=True))
     torch.testing.assert_close(resize_bilinear(x, (16, 24)),
                                F.interpolate(x, (16, 24), mode='bilinear', align_corners=False))
-    xi = x.clone().requires_grad_()
-    resize_bilinear(xi, (16, 24)).sum().backward()  # falls back to F.interpolate: differentiable
-    assert xi.grad is not None and xi.grad.shape == x.shape
+
+
+@pytest.mark.parametrize('shape,size', [
+    ((2, 3, 4, 5), (32, 40)), ((1, 2, 1, 3), (8, 9)), ((1, 2, 6, 6), (6, 18)),
+    ((1, 1, 3, 2), (12, 2)), ((1, 2, 3, 3), (5, 7))])
+def test_gradient_is_the_adjoint(shape, size):
+    """The fast path's backward (the resize's adjoint) equals F.interpolate's gradient;
+    gradcheck in float64, and the fast Function is the one that ran."""
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    out = resize_bilinear(x, size)
+    integer = size[0] % shape[2] == 0 and size[1] % shape[3] == 0
+    assert (type(out.grad_fn).__name__ == '_ResizeBilinearBackward') == integer
+    g = torch.randn_like(out)
+    got, = torch.autograd.grad(out, x, g)
+    exp, = torch.autograd.grad(F.interpolate(x, size, mode='bilinear', align_corners=False), x, g)
+    torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t: resize_bilinear(t, size), (x, ))
 
 
 def test_the_comparison_can_fail():

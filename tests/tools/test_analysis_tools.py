@@ -62,6 +62,28 @@ def test_segnext_presets_build_both_implementations(benchmark):
     assert ours.eval()(x).shape == theirs.eval()(x).shape == (1, 150, 64, 64)
 
 
+def test_segnext_train_step_is_the_loss_of_both_implementations(benchmark):
+    """--mode train for segmentors: the segmentor's own loss (its head resizes the logits to the
+    labels); both implementations give the same loss for the same weights; 'logits' keeps the
+    F.interpolate step."""
+    x = torch.randn(1, 3, 64, 64)
+    losses = []
+    for name in ('segnext-t', 'mmseg-segnext-t'):
+        torch.manual_seed(0)
+        model = benchmark.build(name).train()
+        assert model.train_target == 'loss'
+        torch.manual_seed(1)
+        losses.append(model(x))
+    assert losses[0].dim() == 0 and losses[0].item() > 0
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-5, atol=1e-6)
+    model.train_target = 'logits'
+    assert model(x).shape == (1, 150, 64, 64)
+    row = benchmark.main(['segnext-t', '--mode', 'train', '--batch-size', '1', '--input-size',
+                          '64', '--repeat', '1', '--iters', '1', '--warmup', '0',
+                          '--threads', '1'])[0]
+    assert row['baseline'] == 'mmseg-segnext-t' and row['img_per_s'] > 0
+
+
 def test_flops_conventions():
     flops = _load('get_flops')
     benchmark = _load('benchmark')

@@ -58,13 +58,40 @@ SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 class SegmentorTensor(nn.Module):
     """A segmentor's inference: mmseg's ``encode_decode`` (backbone, decode head and the head's
     ``predict_by_feat``, which resizes the logits to the input size), without data
-    pre-processing and argmax. In train mode: the logits of ``mode='tensor'`` resized bilinearly."""
+    pre-processing and argmax. In train mode (``--seg-train``): ``loss``, the sum of the
+    segmentor's losses as the runner's step computes them (the decode head resizes its logits to
+    the labels: fixed random labels at the input size, a quarter of the pixels ignored), or
+    ``logits``, the logits of ``mode='tensor'`` resized bilinearly (PyTorch's kernel for
+    every model)."""
 
-    def __init__(self, segmentor):
+    def __init__(self, segmentor, train_target='loss'):
         super().__init__()
         self.segmentor = segmentor
+        self.train_target = train_target
+        self._samples = {}
+
+    def data_samples(self, x):
+        key = tuple(x.shape)
+        if key not in self._samples:
+            from mmengine.structures import PixelData
+            from mmseg.structures import SegDataSample
+            g = torch.Generator().manual_seed(0)
+            h, w = x.shape[2:]
+            samples = []
+            for _ in range(x.shape[0]):
+                label = torch.randint(0, self.segmentor.decode_head.num_classes, (1, h, w),
+                                      generator=g)
+                label[:, :h // 4] = 255
+                sample = SegDataSample(gt_sem_seg=PixelData(data=label.to(x.device)))
+                sample.set_metainfo(dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w)))
+                samples.append(sample)
+            self._samples[key] = samples
+        return self._samples[key]
 
     def forward(self, x):
+        if self.training and self.train_target == 'loss':
+            losses = self.segmentor(x, self.data_samples(x), mode='loss')
+            return sum(v for k, v in losses.items() if 'loss' in k)
         if self.training:  # the logits resized to the labels' size, as mmseg's loss does
             logits = self.segmentor(x, mode='tensor')
             return nn.functional.interpolate(logits, size=x.shape[2:], mode='bilinear',
@@ -199,6 +226,8 @@ class Runner:
         base, backend = split_backend(name)
         torch.manual_seed(0)  # the same network gets the same weights in every runner
         model = build(base, args.num_classes)
+        if isinstance(model, SegmentorTensor):
+            model.train_target = args.seg_train
         fix_nmf_seeds(model)
         if backend == 'onnxruntime':
             self._init_onnxruntime(model)
@@ -396,6 +425,10 @@ def parse_args(argv=None):
                    '"onnxruntime": the first model exported and run in ONNX Runtime; NAME@onnxruntime; '
                    '"none" to skip)')
     p.add_argument('--mode', choices=['infer', 'train'], default='infer')
+    p.add_argument('--seg-train', choices=['loss', 'logits'], default='loss',
+                   help="segmentors' training step: loss (default; the segmentor's losses, "
+                   "including its decode head's resize to the labels) or logits (mode='tensor' "
+                   'logits resized by F.interpolate, the same for every model)')
     p.add_argument('--batch-size', type=int, default=None,
                    help='default: 1 for segmentation models, 8 otherwise')
     p.add_argument('--input-size', type=int, nargs='+', default=None,

@@ -16,9 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmcv.cnn import ConvModule
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+from mmseg.models.losses import CrossEntropyLoss, accuracy
 from mmseg.models.utils import resize
 
-from mmc2f.ops import resize_bilinear
+from mmc2f.ops import resize_bilinear, resized_cross_entropy
+from mmc2f.ops.seg_loss import applies as seg_logits_ok
 from mmc2f.registry import MODELS
 from .nmf import NMF_KWARGS, NMF2D, normalize_ham_kwargs
 
@@ -95,6 +97,46 @@ class LightHamHead(BaseDecodeHead):
         x = self.squeeze(torch.cat(feats, dim=1))
         x = self.hamburger(x)
         return self.cls_seg(self.align(x))
+
+    def loss_by_feat(self, seg_logits: torch.Tensor, batch_data_samples) -> dict:
+        """mmseg's loss (every ``loss_decode`` on the logits resized to the labels, with the
+        sampler's weights, and ``acc_seg``). The resize is :func:`resize_bilinear` (on CPU its
+        backward is the resize's adjoint); a plain cross-entropy on CPU takes
+        :func:`resized_cross_entropy`, which keeps no full-size logits. Equal losses, accuracy and
+        gradients (tests)."""
+        label = self._stack_batch_gt(batch_data_samples)
+        if self._plain_cross_entropy() and seg_logits_ok(seg_logits, label.shape[2:]):
+            return self._resized_cross_entropy(seg_logits, label.squeeze(1))
+        seg_logits = resize_bilinear(seg_logits, label.shape[2:], align_corners=self.align_corners)
+        weight = None if self.sampler is None else self.sampler.sample(seg_logits, label)
+        label = label.squeeze(1)
+        losses: dict = {}
+        decoders = self.loss_decode if isinstance(self.loss_decode, nn.ModuleList) else \
+            [self.loss_decode]
+        for loss_decode in decoders:
+            value = loss_decode(seg_logits, label, weight=weight, ignore_index=self.ignore_index)
+            name = loss_decode.loss_name
+            losses[name] = losses[name] + value if name in losses else value
+        losses['acc_seg'] = accuracy(seg_logits, label, ignore_index=self.ignore_index)
+        return losses
+
+    def _plain_cross_entropy(self) -> bool:
+        ce = self.loss_decode
+        return (isinstance(ce, CrossEntropyLoss) and self.sampler is None
+                and not self.align_corners and not ce.use_sigmoid and not ce.use_mask
+                and ce.class_weight is None and ce.reduction == 'mean')
+
+    def _resized_cross_entropy(self, seg_logits: torch.Tensor, label: torch.Tensor) -> dict:
+        """mmseg's ``CrossEntropyLoss`` (mean over all pixels, or over the non-ignored ones with
+        ``avg_non_ignore``) and ``accuracy`` from :func:`resized_cross_entropy`."""
+        ce, eps = self.loss_decode, torch.finfo(torch.float32).eps
+        total, pred = resized_cross_entropy(seg_logits, label, self.ignore_index)
+        valid = label != self.ignore_index
+        count = int(valid.sum())
+        avg_factor = count if ce.avg_non_ignore else label.numel()
+        correct = (pred == label)[valid].float().sum(0, keepdim=True) + eps
+        return {ce.loss_name: ce.loss_weight * (total / (avg_factor + eps)),
+                'acc_seg': correct.mul_(100.0 / (count + eps))}
 
     def predict_by_feat(self, seg_logits: torch.Tensor, batch_img_metas) -> torch.Tensor:
         """The logits resized to the (padded) input size, as mmseg's ``predict_by_feat``; integer

@@ -8,7 +8,8 @@ from mmc2f.models.decode_heads.ham_head import Hamburger, LightHamHead
 from mmc2f.models.decode_heads.nmf import NMF2D
 
 pytestmark = [pytest.mark.filterwarnings('ignore:``build_loss`` would be deprecated'),
-              pytest.mark.filterwarnings('ignore:Default ``avg_non_ignore``')]
+              pytest.mark.filterwarnings('ignore:Default ``avg_non_ignore``'),
+              pytest.mark.filterwarnings('ignore:``build_pixel_sampler`` would be deprecated')]
 
 GN = dict(type='GN', num_groups=32, requires_grad=True)
 # SegNeXt-T's head as in mmseg's config
@@ -218,3 +219,59 @@ def test_training_gradients_equal_mmseg(ham_kwargs):
     largest = max(g.abs().max() for g in exp.values())
     for name, g in exp.items():
         assert ((got[name] - g).abs().max() / largest).item() < 1e-3, name
+
+
+def _seg_samples(b, size, num_classes, seed=0):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for _ in range(b):
+        label = torch.randint(0, num_classes, (1, ) + size, generator=g)
+        label[:, :size[0] // 4] = 255  # ignored pixels
+        sample = SegDataSample(gt_sem_seg=PixelData(data=label))
+        sample.set_metainfo(dict(img_shape=size, pad_shape=size))
+        samples.append(sample)
+    return samples
+
+
+@pytest.mark.parametrize('overrides,fused', [
+    (dict(), True),
+    (dict(loss_decode=dict(type='CrossEntropyLoss', loss_weight=0.4, avg_non_ignore=True)), True),
+    (dict(loss_decode=[dict(type='CrossEntropyLoss', loss_weight=1.0, avg_non_ignore=True),
+                       dict(type='DiceLoss', loss_weight=0.5)]), False),
+    (dict(sampler=dict(type='OHEMPixelSampler', thresh=0.7, min_kept=100)), False),
+    (dict(align_corners=True), False),
+], ids=['ce', 'ce_avg_non_ignore', 'ce_and_dice', 'ohem', 'align_corners'])
+def test_loss_equals_mmseg(overrides, fused):
+    """loss (forward + loss_by_feat: the resize to the labels, the losses, acc_seg) and every
+    gradient equal mmseg's, with ignored pixels; a plain cross-entropy takes
+    resized_cross_entropy, the others the resize with the adjoint backward."""
+    from unittest import mock
+
+    from mmc2f.models.decode_heads import ham_head
+    ours, ref = _pair(**overrides)
+    feats = _feats(b=2)
+    size = (8 * feats[1].shape[2], 8 * feats[1].shape[3])
+    results = []
+    spy = mock.patch.object(ham_head, 'resized_cross_entropy',
+                            wraps=ham_head.resized_cross_entropy)
+    for head in (ours, ref):
+        inputs = [f.clone().requires_grad_() for f in feats]
+        torch.manual_seed(3)
+        with spy as called:
+            losses = head.train().loss(inputs, _seg_samples(2, size, 19), train_cfg=dict())
+        assert called.call_count == (fused and head is ours)
+        total = sum(v for k, v in losses.items() if k.startswith('loss'))
+        total.backward()
+        grads = {n: p.grad for n, p in head.named_parameters()}
+        grads.update({f'input{i}': f.grad for i, f in enumerate(inputs) if f.grad is not None})
+        results.append((losses, grads))
+    (got_l, got_g), (exp_l, exp_g) = results
+    assert sorted(got_l) == sorted(exp_l) and len(exp_l) >= 2
+    for k in exp_l:
+        torch.testing.assert_close(got_l[k].detach(), exp_l[k].detach(), rtol=1e-5, atol=1e-6)
+    largest = max(g.abs().max() for g in exp_g.values())
+    assert largest > 0 and list(got_g) == list(exp_g)
+    for name, g in exp_g.items():
+        assert ((got_g[name] - g).abs().max() / largest).item() < 1e-5, name
