@@ -275,3 +275,25 @@ def test_loss_equals_mmseg(overrides, fused):
     assert largest > 0 and list(got_g) == list(exp_g)
     for name, g in exp_g.items():
         assert ((got_g[name] - g).abs().max() / largest).item() < 1e-5, name
+
+
+def test_loss_portable_path_under_dynamo():
+    """Under dynamo (torch.compile's tracer) the loss takes the plain ops: no graph break beyond
+    mmseg's own loss (its accuracy's boolean indexing), and the same values as eager."""
+    import torch._dynamo
+
+    from mmc2f.models.decode_heads import ham_head
+    ours, ref = _pair()
+    logits = torch.randn(2, 19, 8, 10)
+    samples = _seg_samples(2, (64, 80), 19)
+    eager = ours.loss_by_feat(logits, samples)
+    breaks = []
+    for head in (ours, ref):
+        torch._dynamo.reset()
+        breaks.append(torch._dynamo.explain(head.loss_by_feat)(logits, samples).break_reasons)
+    assert len(breaks[0]) <= len(breaks[1])
+    assert all('mmseg/models/losses' in str(r) for r in breaks[0]), breaks[0]
+    assert ham_head.seg_logits_ok(logits, (64, 80))  # eager took the fused loss
+    compiled = torch.compile(ours.loss_by_feat, backend='eager')(logits, samples)
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], rtol=1e-5, atol=1e-6)
