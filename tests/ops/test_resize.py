@@ -48,6 +48,14 @@ def test_gradient_is_the_adjoint(shape, size):
     assert torch.autograd.gradcheck(lambda t: resize_bilinear(t, size), (x, ))
 
 
+def test_half_precision_gradient_keeps_pytorch_kernel():
+    z = torch.randn(1, 3, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    assert type(resize_bilinear(z, (32, 32)).grad_fn).__name__ != '_ResizeBilinearBackward'
+    with torch.no_grad():  # inference keeps the fast path in any float type
+        torch.testing.assert_close(resize_bilinear(z, (32, 32)),
+                                   F.interpolate(z, (32, 32), mode='bilinear'), rtol=0, atol=1e-2)
+
+
 def test_the_comparison_can_fail():
     x = torch.randn(1, 2, 4, 4)
     ref = F.interpolate(x, (16, 16), mode='bilinear', align_corners=False)
