@@ -49,11 +49,13 @@ def test_gradient_is_the_adjoint(shape, size):
 
 
 def test_half_precision_gradient_keeps_pytorch_kernel():
-    z = torch.randn(1, 3, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 3, 4, 4, generator=g).bfloat16().requires_grad_()
     assert type(resize_bilinear(z, (32, 32)).grad_fn).__name__ != '_ResizeBilinearBackward'
     with torch.no_grad():  # inference keeps the fast path in any float type
         torch.testing.assert_close(resize_bilinear(z, (32, 32)),
-                                   F.interpolate(z, (32, 32), mode='bilinear'), rtol=0, atol=1e-2)
+                                   F.interpolate(z, (32, 32), mode='bilinear'), rtol=1.6e-2,
+                                   atol=1e-2)  # bfloat16: two roundings vs one
 
 
 def test_the_comparison_can_fail():
