@@ -64,10 +64,10 @@ class SegmentorTensor(nn.Module):
     ``logits``, the logits of ``mode='tensor'`` resized bilinearly (PyTorch's kernel for
     every model)."""
 
-    def __init__(self, segmentor, train_target='loss'):
+    def __init__(self, segmentor):
         super().__init__()
         self.segmentor = segmentor
-        self.train_target = train_target
+        self.train_target = 'loss'  # Runner sets --seg-train
         self._samples = {}
 
     def data_samples(self, x):
