@@ -31,7 +31,8 @@ def _fuse(model: nn.Module) -> List[str]:
     return [s or type(model).__name__ for s in switched]
 
 
-def switch_to_deploy(model: nn.Module, backend: str = 'pytorch') -> List[str]:
+def switch_to_deploy(model: nn.Module, backend: str = 'pytorch',
+                     stop_spinning: bool = True) -> List[str]:
     """mmc2f's inference path for ``model``; returns what was switched, to log.
 
     ``pytorch``: ``switch_to_deploy()`` on every outermost submodule that has one (mmc2f's
@@ -39,7 +40,8 @@ def switch_to_deploy(model: nn.Module, backend: str = 'pytorch') -> List[str]:
     in eval mode, ``train()`` drops them, parameters and state dict unchanged.
     ``onnxruntime`` (mmseg segmentors and :data:`~mmc2f.engine.ort.ONNXRUNTIME_FASTER`
     backbones, on CPU): :func:`mmc2f.engine.ort.run_on_onnxruntime`, after the fusion above.
-    ``auto``: ``onnxruntime`` where it applies and is installed.
+    ``auto``: ``onnxruntime`` where it applies and is installed. ``stop_spinning``: see
+    :func:`mmc2f.engine.ort.session_options`.
     """
     if backend not in DEPLOY_BACKENDS:
         raise ConfigError(f'unknown deploy backend "{backend}"; choose one of '
@@ -56,7 +58,7 @@ def switch_to_deploy(model: nn.Module, backend: str = 'pytorch') -> List[str]:
     if backend == 'onnxruntime' and not onnxruntime_available():
         raise ConfigError('the ONNX Runtime backend needs onnxruntime: pip install onnxruntime')
     if backend == 'onnxruntime' or backend == 'auto' and applies and onnxruntime_available():
-        switched.append(run_on_onnxruntime(model))
+        switched.append(run_on_onnxruntime(model, stop_spinning=stop_spinning))
     else:
         restore_pytorch(model)
     return switched

@@ -74,6 +74,25 @@ def test_changed_weights_are_exported_again():
     assert _rel(after, before) > 0.1
 
 
+def test_replaced_weights_are_exported_again():
+    model = _segmentor(eval_seed=1)
+    run_on_onnxruntime(model)
+    engine = model._mmc2f_onnxruntime
+    x = torch.randn(1, 3, 64, 64)
+    _encode(model, x)
+    conv = model.decode_head.conv_seg
+    weight = torch.nn.Parameter(conv.weight.detach() * -2.0)
+    with torch.no_grad():  # a new tensor with the old one's version counter
+        while weight._version < conv.weight._version:
+            weight.mul_(1.0)
+    assert weight._version == conv.weight._version
+    conv.weight = weight
+    after = _encode(model, x)
+    assert engine.exports == 2
+    restore_pytorch(model)
+    assert _rel(after, _encode(model, x)) < 1e-5
+
+
 def test_training_mode_and_grad_fall_back_to_pytorch():
     model = _segmentor(eval_seed=1)
     run_on_onnxruntime(model)
@@ -168,3 +187,22 @@ def test_static_graphs_for_the_first_shapes_then_one_dynamic_graph():
             model, x, [dict(img_shape=(h, w), pad_shape=(h, w))]).detach()) < 1e-5
     assert set(engine.sessions) == {(1, 3, 64, 64), (1, 3, 72, 64), 'dynamic'}
     assert engine.exports == 3
+
+
+def _stops_spinning(session) -> bool:
+    try:
+        return session.get_session_options().get_session_config_entry(
+            'session.force_spinning_stop') == '1'
+    except RuntimeError:  # not set: ONNX Runtime's default, workers spin on after a run
+        return False
+
+
+@pytest.mark.parametrize('stop', [True, False])
+def test_sessions_stop_spinning_after_a_run_unless_asked(stop):
+    model = _segmentor(eval_seed=1)
+    line = switch_to_deploy(model, backend='onnxruntime', stop_spinning=stop)[-1]
+    assert 'ONNX Runtime' in line
+    x = torch.randn(1, 3, 64, 64)
+    _encode(model, x)
+    (session, ) = model._mmc2f_onnxruntime.sessions.values()
+    assert _stops_spinning(session) is stop

@@ -122,3 +122,40 @@ def test_benchmark_defaults_per_family(benchmark):
     config = osp.join(ROOT, 'configs', 'segnext',
                       'segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py')
     assert benchmark.is_segmentation(config) and not benchmark.is_segmentation('convnext-t')
+
+
+_TINY = ['--input-size', '64', '--repeat', '1', '--iters', '1', '--warmup', '0', '--threads', '1']
+
+
+def test_benchmark_onnxruntime_baseline_runs_the_same_network(benchmark):
+    pytest.importorskip('onnxruntime')
+    rows = benchmark.main(['mscan-t', '--fuse', '--baseline', 'onnxruntime'] + _TINY)
+    assert [r['model'] for r in rows] == ['mscan-t', 'mscan-t@onnxruntime']
+    ours, ort_row = rows
+    assert 'ONNX Runtime' in ours['path'] and 'ONNX Runtime' in ort_row['path']
+    assert float(ours['max_rel_diff']) < 1e-5 and ours['baseline'] == 'mscan-t@onnxruntime'
+    # both runners' sessions stop spinning after a run (--ort-spinning keeps the default)
+    for flags, stop in (([], '1'), (['--ort-spinning'], None)):
+        runner = benchmark.Runner('mscan-t@onnxruntime',
+                                  benchmark.parse_args(['mscan-t'] + flags + _TINY))
+        options = runner.session.get_session_options()
+        if stop is None:
+            with pytest.raises(RuntimeError):
+                options.get_session_config_entry('session.force_spinning_stop')
+        else:
+            assert options.get_session_config_entry('session.force_spinning_stop') == stop
+
+
+def test_benchmark_seg_infer_predict_is_the_argmax_of_the_logits(benchmark):
+    runner = benchmark.Runner('segnext-t', benchmark.parse_args(
+        ['segnext-t', '--seg-infer', 'predict'] + _TINY))
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    labels = runner.outputs(x)[0]
+    runner.model.infer_target = 'logits'
+    logits = runner.outputs(x)[0]
+    assert labels.shape == (2, 1, 64, 64)
+    assert torch.equal(labels, logits.argmax(1, keepdim=True).float())
+    for name in ('conv2former-t', 'mscan-t@onnxruntime'):
+        with pytest.raises(ValueError, match='--seg-infer'):
+            benchmark.Runner(name, benchmark.parse_args(['segnext-t', '--seg-infer', 'predict']
+                                                        + _TINY))

@@ -56,9 +56,11 @@ SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
 
 
 class SegmentorTensor(nn.Module):
-    """A segmentor's inference: mmseg's ``encode_decode`` (backbone, decode head and the head's
-    ``predict_by_feat``, which resizes the logits to the input size), without data
-    pre-processing and argmax. In train mode (``--seg-train``): ``loss``, the sum of the
+    """A segmentor's inference (``--seg-infer``): ``logits``, mmseg's ``encode_decode`` (backbone,
+    decode head and the head's ``predict_by_feat``, which resizes the logits to the input size),
+    or ``predict``, the segmentor's ``predict`` as ``tools/test.py`` runs it per batch
+    (``encode_decode``, then mmseg's ``postprocess_result``: the argmax; returns the labels).
+    In train mode (``--seg-train``): ``loss``, the sum of the
     segmentor's losses as the runner's step computes them (the decode head resizes its logits to
     the labels: fixed random labels at the input size, a quarter of the pixels ignored), or
     ``logits``, the logits of ``mode='tensor'`` resized bilinearly (PyTorch's kernel for
@@ -68,6 +70,7 @@ class SegmentorTensor(nn.Module):
         super().__init__()
         self.segmentor = segmentor
         self.train_target = 'loss'  # Runner sets --seg-train
+        self.infer_target = 'logits'  # and --seg-infer
         self._samples = {}
 
     def data_samples(self, x):
@@ -98,10 +101,15 @@ class SegmentorTensor(nn.Module):
                                              align_corners=False)
         h, w = x.shape[2:]
         metas = [dict(img_shape=(h, w), pad_shape=(h, w), ori_shape=(h, w))] * x.shape[0]
+        if self.infer_target == 'predict':  # new samples per batch, as a data loader gives
+            from mmseg.structures import SegDataSample
+            samples = [SegDataSample(metainfo=meta) for meta in metas]
+            return torch.stack([r.pred_sem_seg.data for r in self.segmentor.predict(x, samples)])
         return self.segmentor.encode_decode(x, metas)
 
 
 def _segnext(size, backbone_type, head_type, num_classes=150):
+    from mmengine.config import ConfigDict
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     init_default_scope('mmseg')
@@ -121,7 +129,7 @@ def _segnext(size, backbone_type, head_type, num_classes=150):
     if backbone_type.startswith('mmc2f'):
         backbone.update(arch=arch)
     seg = MODELS.build(dict(type='EncoderDecoder', backbone=backbone, decode_head=head,
-                            data_preprocessor=None))
+                            data_preprocessor=None, test_cfg=ConfigDict(mode='whole')))
     return SegmentorTensor(seg)
 
 
@@ -228,6 +236,9 @@ class Runner:
         model = build(base, args.num_classes)
         if isinstance(model, SegmentorTensor):
             model.train_target = args.seg_train
+            model.infer_target = args.seg_infer
+        elif args.seg_infer != 'logits':
+            raise ValueError(f'--seg-infer {args.seg_infer}: {name} is not a segmentor')
         fix_nmf_seeds(model)
         if backend == 'onnxruntime':
             self._init_onnxruntime(model)
@@ -249,7 +260,8 @@ class Runner:
             from mmc2f.engine.deploy_hook import switch_to_deploy
             target = model.segmentor if isinstance(model, SegmentorTensor) else model
             model.eval()
-            self.deploy = switch_to_deploy(target, backend=args.deploy_backend)
+            self.deploy = switch_to_deploy(target, backend=args.deploy_backend,
+                                           stop_spinning=not args.ort_spinning)
         elif args.fuse:  # foreign models: whatever offers an inference-only fusion
             for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
                 module.switch_to_deploy()
@@ -276,9 +288,13 @@ class Runner:
         benchmark's static shape, run by ONNX Runtime with ``--threads`` intra-op threads."""
         import onnxruntime as ort
         from mmc2f.engine.export import export_onnx
+        from mmc2f.engine.ort import session_options
         args = self.args
         if args.mode != 'infer' or not args.device.startswith('cpu') or args.dtype != 'fp32':
             raise ValueError(f'{self.name}: ONNX Runtime is measured for CPU fp32 inference only')
+        if args.seg_infer != 'logits':
+            raise ValueError(f'{self.name}: ONNX Runtime runs the exported encode_decode; '
+                             '--seg-infer predict measures PyTorch-side models only')
         model.eval()
         if args.onnx_deploy:
             for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
@@ -288,9 +304,9 @@ class Runner:
         self.x = torch.randn(args.batch_size, 3, *args.input_size)
         with torch.no_grad():
             names = [f'out{i}' for i in range(len(_tensors(model(self.x))))]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.inter_op_num_threads = 1
+        # mmc2f's engine's options: in one process the runners' thread pools must not spin
+        # against each other between interleaved runs (--ort-spinning: ONNX Runtime's default)
+        options = session_options(torch.get_num_threads(), stop_spinning=not args.ort_spinning)
         self.session = ort.InferenceSession(export_onnx(model, self.x, None, names), options,
                                             providers=['CPUExecutionProvider'])
         self.deploy = [f'ONNX Runtime {ort.__version__}, {torch.get_num_threads()} threads']
@@ -416,6 +432,18 @@ def same_network_diffs(runners, baseline, args):
     return diffs
 
 
+def _run_notes(args, runners):
+    """The settings a run line needs beyond the common ones: segmentors' inference target, and
+    ONNX Runtime's spinning where a runner uses ONNX Runtime."""
+    notes = []
+    if args.mode == 'infer' and args.num_classes:
+        notes.append(f'seg-infer={args.seg_infer}')
+    if any('ONNX Runtime' in '; '.join(getattr(r, 'deploy', []) or []) for r in runners):
+        notes.append(f'ONNX Runtime workers {"spin on" if args.ort_spinning else "stop"} after '
+                     'a run')
+    return ''.join(f'{n} | ' for n in notes)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -429,6 +457,12 @@ def parse_args(argv=None):
                    help="segmentors' training step: loss (default; the segmentor's losses, "
                    "including its decode head's resize to the labels) or logits (mode='tensor' "
                    'logits resized by F.interpolate, the same for every model)')
+    p.add_argument('--seg-infer', choices=['logits', 'predict'], default='logits',
+                   help="segmentors' inference: logits (default; encode_decode) or predict "
+                   "(encode_decode + mmseg's post-processing, as tools/test.py runs per batch)")
+    p.add_argument('--ort-spinning', action='store_true',
+                   help="keep ONNX Runtime's default of worker threads spinning after a run "
+                   "(mmc2f's engine and the onnxruntime baseline stop them)")
     p.add_argument('--batch-size', type=int, default=None,
                    help='default: 1 for segmentation models, 8 otherwise')
     p.add_argument('--input-size', type=int, nargs='+', default=None,
@@ -516,6 +550,7 @@ def main(argv=None):
     print(f'\n{args.mode} | {device} | {args.dtype} | batch {args.batch_size} | {h}x{w} | {classes}'
           f'channels_last={args.channels_last} compile={args.compile} fuse={args.fuse} '
           f'with_cp={args.with_cp} one_step_grad={args.one_step_grad} | '
+          f'{_run_notes(args, runners)}'
           f'{args.repeat} interleaved rounds x {args.iters} steps | '
           f'malloc tuning {"on" if malloc_tuned else "off"}, huge pages '
           f'{"on" if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1" else "off"} (all models)')
