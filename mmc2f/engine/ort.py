@@ -12,7 +12,8 @@ against each other on a small CPU.
 
 The engine watches the parameters and buffers and their version counters: weights changed in
 place (an optimizer step, ``load_state_dict``) or replaced make it export again before the next
-call, so it never runs stale weights. ``train()`` mode or a non-CPU input falls back to the PyTorch path.
+call, so it never runs stale weights. ``train()`` mode or a non-CPU input falls back to the
+PyTorch path.
 
 Every session stops its worker threads' spinning when a run returns (:func:`session_options`):
 left spinning, they hold the cores while PyTorch post-processes the logits (mmseg's argmax) and
