@@ -39,7 +39,8 @@ def switch_to_deploy(model: nn.Module, backend: str = 'pytorch',
     backbones fuse their blocks themselves): folded norms and layer scales, fused kernels; only
     in eval mode, ``train()`` drops them, parameters and state dict unchanged.
     ``onnxruntime`` (mmseg segmentors and :data:`~mmc2f.engine.ort.ONNXRUNTIME_FASTER`
-    backbones, on CPU): :func:`mmc2f.engine.ort.run_on_onnxruntime`, after the fusion above.
+    backbones, on CPU): :func:`mmc2f.engine.ort.run_on_onnxruntime`, after the fusion above
+    (which the PyTorch fallbacks run; the exported graph is the plain forward).
     ``auto``: ``onnxruntime`` where it applies and is installed. ``stop_spinning``: see
     :func:`mmc2f.engine.ort.session_options`.
     """

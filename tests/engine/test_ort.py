@@ -206,3 +206,21 @@ def test_sessions_stop_spinning_after_a_run_unless_asked(stop):
     _encode(model, x)
     (session, ) = model._mmc2f_onnxruntime.sessions.values()
     assert _stops_spinning(session) is stop
+
+
+def test_the_graph_is_the_plain_forward_and_pytorch_keeps_the_fused_one(monkeypatch):
+    from mmc2f.models.backbones.mscan import MSCABlock
+    model = _segmentor(eval_seed=1)
+    switch_to_deploy(model, backend='onnxruntime')
+    calls = []
+    fused_forward = MSCABlock.forward_fused
+    monkeypatch.setattr(MSCABlock, 'forward_fused',
+                        lambda self, x: calls.append(1) or fused_forward(self, x))
+    x = torch.randn(1, 3, 64, 64)
+    _encode(model, x)
+    assert model._mmc2f_onnxruntime.exports == 1 and not calls
+    blocks = [m for m in model.modules() if isinstance(m, MSCABlock)]
+    assert blocks and all(m.deployed for m in blocks)
+    restore_pytorch(model)
+    _encode(model, x)
+    assert len(calls) == len(blocks)
