@@ -19,7 +19,6 @@ Every session stops its worker threads' spinning when a run returns (:func:`sess
 left spinning, they hold the cores while PyTorch post-processes the logits (mmseg's argmax) and
 while another of the engine's sessions (another input shape) runs.
 """
-import contextlib
 import logging
 import types
 from typing import Dict, List, Optional, Tuple
@@ -105,7 +104,11 @@ class OnnxRuntimeForward:
         self.versions = _versions(module)
 
     def _export(self, shape: Tuple[int, ...], dynamic: bool):
-        with _unfused(self.module):
+        # The plain forward: ONNX Runtime folds norms and scales into its own NCHWc kernels; the
+        # graph of mmc2f's fused forward (NHWC, oneDNN post-ops) costs it reorders and unfused
+        # adds (measured ~3% slower on MSCAN-T).
+        from mmc2f.models.fusion import plain_forward
+        with plain_forward(self.module):
             return self._export_graph(shape, dynamic)
 
     def _export_graph(self, shape: Tuple[int, ...], dynamic: bool):
@@ -147,22 +150,6 @@ class OnnxRuntimeForward:
         x = x.detach().to(torch.float32).contiguous()
         outs = self.session(tuple(x.shape)).run(None, {'input': x.numpy()})
         return [torch.from_numpy(o) for o in outs]
-
-
-@contextlib.contextmanager
-def _unfused(module: nn.Module):
-    """The module's plain eval forward while exporting: ONNX Runtime folds norms and scales into
-    its own NCHWc kernels; the graph of mmc2f's fused forward (NHWC, oneDNN post-ops) costs it
-    reorders and unfused adds (measured ~3% slower on MSCAN-T)."""
-    from mmc2f.models.fusion import FusedInference
-    fused = [m for m in module.modules() if isinstance(m, FusedInference) and m.deployed]
-    for m in fused:
-        m.deployed = False
-    try:
-        yield
-    finally:
-        for m in fused:
-            m.deployed = True
 
 
 class _ClassForward(nn.Module):

@@ -9,15 +9,17 @@ Folding (exact in eval mode):
 
 :class:`FusedInference` keeps the folded tensors as non-persistent buffers (never in the state
 dict, moved by ``.to()``), switches eval-mode forwards to them and drops them again on
-``train()``.
+``train()``; :func:`plain_forward` runs the unfused forwards for a while (e.g. an ONNX export).
 """
+import contextlib
 from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ['FusedInference', 'bn_affine', 'fold_channel_affine', 'fold_output_scale']
+__all__ = ['FusedInference', 'plain_forward', 'bn_affine', 'fold_channel_affine',
+           'fold_output_scale']
 
 
 @torch.no_grad()
@@ -118,3 +120,17 @@ class FusedInference:
         if mode and self.deployed:
             self._drop_fused()
         return self
+
+
+@contextlib.contextmanager
+def plain_forward(module: nn.Module):
+    """Inside the block, every deployed :class:`FusedInference` in ``module`` runs its unfused
+    forward; its fused weights stay in place and are used again afterwards."""
+    fused = [m for m in module.modules() if isinstance(m, FusedInference) and m.deployed]
+    for m in fused:
+        m.deployed = False
+    try:
+        yield
+    finally:
+        for m in fused:
+            m.deployed = True

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmc2f.models.fusion import FusedInference, bn_affine, fold_output_scale
+from mmc2f.models.fusion import FusedInference, bn_affine, fold_output_scale, plain_forward
 
 
 def test_bn_affine_and_folds():
@@ -55,3 +55,23 @@ def test_switch_to_deploy_is_reversible_and_never_stale():
     torch.testing.assert_close(m(x), ref * 3)
     m.eval()  # eval keeps them
     assert m.deployed
+
+
+def test_plain_forward_runs_the_unfused_forward_for_a_while():
+    outer = nn.Sequential(_Scaled(), _Scaled()).eval()
+    for m in outer:
+        m.switch_to_deploy()
+    outer[1].train().eval()  # not deployed: stays so
+    calls = []
+    outer[0].conv.register_forward_hook(lambda *a: calls.append(0))
+    x = torch.randn(1, 3, 4, 4)
+    with plain_forward(outer):
+        assert not outer[0].fused and not outer[1].deployed
+        outer(x)
+        assert calls == [0]  # the original conv ran
+    assert outer[0].deployed and outer[0].fused and not outer[1].deployed
+    outer(x)
+    assert calls == [0]  # fused again, with the weights it kept
+    with pytest.raises(RuntimeError), plain_forward(outer):
+        raise RuntimeError('restored on errors too')
+    assert outer[0].deployed
