@@ -1,14 +1,17 @@
 """mmc2f's CPU inference engine for segmentors (and bare MSCAN backbones): the network on ONNX
 Runtime, inside mmc2f's tools.
 
-:func:`run_on_onnxruntime` exports an mmseg encoder-decoder's ``encode_decode`` (backbone, decode
-head and the logits' bilinear resize to the input; dynamic batch, height and width) once, in
-memory, and replaces the instance's ``encode_decode`` with an ONNX Runtime session. Whole and
-sliding-window inference both go through ``encode_decode``; a resize target other than the input
-size takes the PyTorch path. On CPU ONNX Runtime runs MSCAN's depthwise strip convolutions about
-twice as fast as PyTorch's oneDNN kernels (README, Performance). Resizing the logits in PyTorch
-instead (mmc2f's faster resize) was measured slower in one process: the two thread pools spin
-against each other on a small CPU.
+:func:`run_on_onnxruntime` exports an mmseg encoder-decoder's network up to the decode head's
+logits (backbone and decode head; dynamic batch, height and width) once, in memory, and replaces
+the instance's ``encode_decode`` with an ONNX Runtime session followed by the logits' bilinear
+resize to the input in mmc2f (:class:`SegmentorOnnxRuntime`). Whole and sliding-window inference
+both go through ``encode_decode``; a resize target other than the input size takes the PyTorch
+path. On CPU ONNX Runtime runs MSCAN's depthwise strip convolutions about twice as fast as
+PyTorch's oneDNN kernels (README, Performance); the resize is faster outside it: ONNX Runtime
+upsamples in its blocked layout and reorders 157 MB of ADE20K logits to NCHW afterwards (two
+passes), and its resize for non-integer factors is a slow generic kernel. mmc2f writes the
+logits once, channels_last (NHWC memory behind an NCHW-shaped tensor: the argmax over classes
+that follows in mmseg reads contiguous classes), into buffers it reuses (:class:`OutputPool`).
 
 The engine watches the parameters and buffers and their version counters: weights changed in
 place (an optimizer step, ``load_state_dict``) or replaced make it export again before the next
@@ -20,17 +23,24 @@ left spinning, they hold the cores while PyTorch post-processes the logits (mmse
 while another of the engine's sessions (another input shape) runs.
 """
 import logging
+import math
 import types
+import weakref
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.logging import print_log
+
+from mmc2f.ops.resize import phase_wise, resize_bilinear
 
 from .export import SegmentorLogits, export_onnx, nmf_modules
 
-__all__ = ['onnxruntime_available', 'OnnxRuntimeForward', 'run_on_onnxruntime',
-           'is_segmentor', 'restore_pytorch', 'session_options', 'ONNXRUNTIME_FASTER']
+__all__ = ['onnxruntime_available', 'OnnxRuntimeForward', 'OutputPool', 'SegmentorOnnxRuntime',
+           'run_on_onnxruntime', 'is_segmentor', 'restore_pytorch', 'session_options',
+           'ONNXRUNTIME_FASTER']
 
 #: Networks that ONNX Runtime runs faster than mmc2f's fused PyTorch kernels on CPU (measured,
 #: README's Performance): mmseg segmentors and bare MSCAN backbones. Conv2Former's fused kernels
@@ -152,6 +162,64 @@ class OnnxRuntimeForward:
         return [torch.from_numpy(o) for o in outs]
 
 
+class OutputPool:
+    """Float32 CPU buffers for large outputs, each handed out again only once nothing references
+    the tensor made from it (nor any view of it): a result a caller keeps is never overwritten.
+
+    Fresh memory costs page faults and zeroing on first write (157 MB of ADE20K logits: ~19 ms,
+    about as long as the resize that fills them); ONNX Runtime's own arena avoids that the same
+    way. ``size`` buffers at most (2: the result being made and the previous one, which
+    mmengine's test loop still holds); when all are in use a fresh tensor is returned. A buffer
+    grows to the largest request and is kept until the pool is dropped."""
+
+    def __init__(self, size: int = 2):
+        self.arrays: List[Optional[np.ndarray]] = [None] * size
+        self.busy = [False] * size
+
+    def _release(self, i: int) -> None:
+        self.busy[i] = False
+
+    def empty(self, *shape: int) -> torch.Tensor:
+        """An uninitialised contiguous float32 tensor of ``shape``."""
+        n = math.prod(shape)
+        for i, busy in enumerate(self.busy):
+            if busy:
+                continue
+            if self.arrays[i] is None or self.arrays[i].size < n:
+                self.arrays[i] = np.empty(n, np.float32)
+            self.busy[i] = True
+            view = self.arrays[i][:n]  # its own ndarray: collected with the last tensor on it
+            weakref.finalize(view, self._release, i)
+            return torch.from_numpy(view).view(shape)
+        return torch.empty(shape)
+
+
+class SegmentorOnnxRuntime(OnnxRuntimeForward):
+    """``encode_decode`` of an mmseg encoder-decoder: the decode head's logits from ONNX Runtime,
+    resized to the input in mmc2f: ``(N, 3, H, W)`` -> ``(N, K, H, W)`` in channels_last memory.
+
+    Integer factors (``H`` and ``W`` multiples of the head's stride) are written by
+    :func:`~mmc2f.ops.resize_bilinear` into an :class:`OutputPool` buffer; other sizes take
+    ``F.interpolate`` on channels_last logits (PyTorch's definition, mmseg's resize)."""
+
+    def __init__(self, segmentor: nn.Module, threads: Optional[int] = None,
+                 static_shapes: int = 4, stop_spinning: bool = True, pool_size: int = 2):
+        super().__init__(SegmentorLogits(segmentor, resize=False), threads, static_shapes,
+                         stop_spinning)
+        self.align_corners = bool(getattr(segmentor, 'align_corners', False))
+        self.pool = OutputPool(pool_size)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        raw = self(x)[0].contiguous(memory_format=torch.channels_last)
+        size = tuple(x.shape[2:])
+        if not phase_wise(raw, size, self.align_corners):
+            return F.interpolate(raw, size=size, mode='bilinear',
+                                 align_corners=self.align_corners)
+        n, k = raw.shape[:2]
+        out = self.pool.empty(n, *size, k).permute(0, 3, 1, 2)
+        return resize_bilinear(raw, size, self.align_corners, out=out)
+
+
 class _ClassForward(nn.Module):
     """``module``'s class ``forward``, whatever its instance ``forward`` has become."""
 
@@ -180,7 +248,7 @@ def _encode_decode(self, inputs: torch.Tensor, batch_img_metas: List[dict]) -> t
         meta.get('pad_shape', meta['img_shape'])
     if _use_pytorch(self, inputs) or tuple(size[:2]) != tuple(inputs.shape[2:]):
         return type(self).encode_decode(self, inputs, batch_img_metas)
-    return getattr(self, _ATTR)(inputs)[0]
+    return getattr(self, _ATTR).logits(inputs)
 
 
 def run_on_onnxruntime(segmentor: nn.Module, threads: Optional[int] = None,
@@ -200,13 +268,12 @@ def run_on_onnxruntime(segmentor: nn.Module, threads: Optional[int] = None,
             nmf.eval_seed = 0
             notes.append(f'{name}.eval_seed=0 (fixed NMF bases; the config sets none)')
     was_training = segmentor.training
-    engine = OnnxRuntimeForward(SegmentorLogits(segmentor, resize=True), threads,
-                                stop_spinning=stop_spinning)
+    engine = SegmentorOnnxRuntime(segmentor, threads, stop_spinning=stop_spinning)
     segmentor.train(was_training)
     setattr(segmentor, _ATTR, engine)
     segmentor.encode_decode = types.MethodType(_encode_decode, segmentor)
     return (f'ONNX Runtime ({engine.threads} threads) runs {type(segmentor).__name__}\'s '
-            'encode_decode (backbone, decode head, resize)' +
+            'encode_decode (backbone, decode head; mmc2f resizes the logits)' +
             (f'; {"; ".join(notes)}' if notes else ''))
 
 

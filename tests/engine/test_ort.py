@@ -9,7 +9,8 @@ from mmc2f.errors import ConfigError
 
 pytest.importorskip('onnxruntime')
 
-from mmc2f.engine.ort import OnnxRuntimeForward, restore_pytorch, run_on_onnxruntime  # noqa: E402
+from mmc2f.engine.ort import (OnnxRuntimeForward, OutputPool, restore_pytorch,  # noqa: E402
+                              run_on_onnxruntime)
 
 
 def _segmentor(eval_seed=None):
@@ -45,14 +46,16 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-@pytest.mark.parametrize('size', [(64, 64), (96, 160), (72, 88)])
+# (70, 90): the logits are 9 x 12, a non-integer resize factor (F.interpolate's path)
+@pytest.mark.parametrize('size', [(64, 64), (96, 160), (72, 88), (70, 90)])
 def test_encode_decode_equals_pytorch(size):
     model = _segmentor(eval_seed=3)
-    x = torch.randn(2, 3, *size)
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     ref = _encode(model, x)
     run_on_onnxruntime(model)
     got = _encode(model, x)
     assert got.shape == ref.shape
+    assert got.is_contiguous(memory_format=torch.channels_last) and not got.is_contiguous()
     assert _rel(got, ref) < 1e-5
     restore_pytorch(model)
     torch.testing.assert_close(_encode(model, x), ref, rtol=0, atol=0)
@@ -224,3 +227,38 @@ def test_the_graph_is_the_plain_forward_and_pytorch_keeps_the_fused_one(monkeypa
     restore_pytorch(model)
     _encode(model, x)
     assert len(calls) == len(blocks)
+
+
+def test_output_pool_hands_a_buffer_out_again_only_when_nothing_holds_it():
+    pool = OutputPool(size=2)
+    a = pool.empty(2, 3)
+    view = a[1:]  # a view keeps the buffer busy after the tensor itself is gone
+    b = pool.empty(2, 3)
+    assert a.data_ptr() != b.data_ptr()
+    c = pool.empty(2, 3)  # both in use: a fresh tensor, not a pooled one
+    assert c.data_ptr() not in (a.data_ptr(), b.data_ptr())
+    ptr_a = a.data_ptr()
+    del a
+    assert pool.empty(2, 3).data_ptr() not in (ptr_a, b.data_ptr())  # the view still holds it
+    del view
+    d = pool.empty(1, 3)  # a smaller request takes the freed buffer
+    assert d.data_ptr() == ptr_a and d.shape == (1, 3) and d.dtype == torch.float32
+    del d
+    e = pool.empty(4, 5)  # a larger one replaces it with a larger buffer
+    assert e.shape == (4, 5) and e.is_contiguous()
+
+
+def test_results_kept_by_the_caller_are_never_overwritten():
+    model = _segmentor(eval_seed=3)
+    gen = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, 3, 64, 64, generator=gen) for _ in range(4)]
+    refs = [_encode(model, x) for x in xs]
+    run_on_onnxruntime(model)
+    kept = [_encode(model, x) for x in xs]  # four results alive at once, a pool of two
+    for got, ref in zip(kept, refs):
+        assert _rel(got, ref) < 1e-5
+    ptr = kept[0].data_ptr()
+    del kept
+    got = _encode(model, xs[1])  # the freed buffers are used again
+    assert _rel(got, refs[1]) < 1e-5
+    assert got.data_ptr() == ptr

@@ -31,6 +31,32 @@ def test_align_corners_and_channels_last_and_autograd():
                                F.interpolate(x, (16, 24), mode='bilinear', align_corners=False))
 
 
+@pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
+@pytest.mark.parametrize('shape,size', [
+    ((1, 150, 16, 16), (128, 128)), ((2, 19, 8, 16), (64, 128)), ((1, 4, 5, 7), (20, 21)),
+    ((1, 2, 3, 3), (5, 7))])  # the last: non-integer factors, F.interpolate copied into out
+def test_out_is_written_in_its_own_layout(shape, size, layout):
+    from mmc2f.ops.resize import phase_wise
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    ref = F.interpolate(x, size, mode='bilinear', align_corners=False)
+    b, c = shape[:2]
+    out = torch.full((b, *size, c), float('nan')).permute(0, 3, 1, 2) if layout == 'nhwc' \
+        else torch.full((b, c, *size), float('nan'))
+    with torch.no_grad():
+        got = resize_bilinear(x, size, out=out)
+    assert got is out and got.stride() == out.stride()
+    assert phase_wise(x, size) == (size != (5, 7))
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_out_refuses_a_wrong_shape_and_autograd():
+    x = torch.randn(1, 2, 4, 4, requires_grad=True)
+    with pytest.raises(ValueError, match='out has shape'):
+        resize_bilinear(x.detach(), (8, 8), out=torch.empty(1, 2, 8, 9))
+    with pytest.raises(ValueError, match='for inference'):
+        resize_bilinear(x, (8, 8), out=torch.empty(1, 2, 8, 8))
+
+
 @pytest.mark.parametrize('shape,size', [
     ((2, 3, 4, 5), (32, 40)), ((1, 2, 1, 3), (8, 9)), ((1, 2, 6, 6), (6, 18)),
     ((1, 1, 3, 2), (12, 2)), ((1, 2, 3, 3), (5, 7))])
