@@ -31,10 +31,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.logging import print_log
 
-from mmc2f.ops.resize import phase_wise, resize_bilinear
+from mmc2f.ops.resize import resize_bilinear
 
 from .export import SegmentorLogits, export_onnx, nmf_modules
 
@@ -196,11 +195,9 @@ class OutputPool:
 
 class SegmentorOnnxRuntime(OnnxRuntimeForward):
     """``encode_decode`` of an mmseg encoder-decoder: the decode head's logits from ONNX Runtime,
-    resized to the input in mmc2f: ``(N, 3, H, W)`` -> ``(N, K, H, W)`` in channels_last memory.
-
-    Integer factors (``H`` and ``W`` multiples of the head's stride) are written by
-    :func:`~mmc2f.ops.resize_bilinear` into an :class:`OutputPool` buffer; other sizes take
-    ``F.interpolate`` on channels_last logits (PyTorch's definition, mmseg's resize)."""
+    resized to the input by :func:`~mmc2f.ops.resize_bilinear` into an :class:`OutputPool`
+    buffer: ``(N, 3, H, W)`` -> ``(N, K, H, W)`` in channels_last memory (mmseg's resize, to
+    float rounding: integer factors take the phase-wise path, others PyTorch's kernel)."""
 
     def __init__(self, segmentor: nn.Module, threads: Optional[int] = None,
                  static_shapes: int = 4, stop_spinning: bool = True, pool_size: int = 2):
@@ -210,12 +207,8 @@ class SegmentorOnnxRuntime(OnnxRuntimeForward):
         self.pool = OutputPool(pool_size)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        raw = self(x)[0].contiguous(memory_format=torch.channels_last)
-        size = tuple(x.shape[2:])
-        if not phase_wise(raw, size, self.align_corners):
-            return F.interpolate(raw, size=size, mode='bilinear',
-                                 align_corners=self.align_corners)
-        n, k = raw.shape[:2]
+        raw = self(x)[0]
+        (n, k), size = raw.shape[:2], tuple(x.shape[2:])
         out = self.pool.empty(n, *size, k).permute(0, 3, 1, 2)
         return resize_bilinear(raw, size, self.align_corners, out=out)
 

@@ -45,9 +45,9 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
     """``F.interpolate(x, size, mode='bilinear', align_corners=align_corners)`` for
     ``(B, C, H, W)`` tensors; integer upsampling factors take the phase-wise path above.
 
-    ``out`` (no autograd): a ``(B, C, *size)`` tensor to write into, of any strides; a
-    channels_last ``out`` is written from a channels_last copy of ``x`` (contiguous channels
-    per pixel: faster writes, and a faster argmax over classes afterwards)."""
+    ``out`` (no autograd): a ``(B, C, *size)`` tensor to write into, of any strides, for every
+    factor; a channels_last ``out`` is written from a channels_last copy of ``x`` (contiguous
+    channels per pixel: faster writes, and a faster argmax over classes afterwards)."""
     out_h, out_w = int(size[0]), int(size[1])
     fast = phase_wise(x, size, align_corners)
     grad = torch.is_grad_enabled() and x.requires_grad
@@ -57,10 +57,16 @@ def resize_bilinear(x: torch.Tensor, size: Sequence[int], align_corners: bool = 
                              f'{(*x.shape[:2], out_h, out_w)}')
         if grad:
             raise ValueError('resize_bilinear: out= is for inference (x requires grad)')
-        if not fast:
+        if fast:
+            return _upsample(x, out_h, out_w, out)
+        fmt = _layout(out)
+        if fmt is None or not eager():
             return out.copy_(F.interpolate(x, size=(out_h, out_w), mode='bilinear',
                                            align_corners=align_corners))
-        return _upsample(x, out_h, out_w, out)
+        # PyTorch's kernel, written into out (no fresh, page-faulted output)
+        return torch.ops.aten.upsample_bilinear2d.out(x.contiguous(memory_format=fmt),
+                                                      [out_h, out_w], align_corners, None, None,
+                                                      out=out)
     if not fast or grad and (x.device.type != 'cpu' or x.dtype not in (torch.float32,
                                                                       torch.float64)):
         return F.interpolate(x, size=(out_h, out_w), mode='bilinear', align_corners=align_corners)
@@ -85,13 +91,18 @@ class _ResizeBilinear(torch.autograd.Function):
         return _adjoint_dim(grad, grad.shape[3] // in_w, dim=3), None, None
 
 
+def _layout(t: torch.Tensor) -> Optional[torch.memory_format]:
+    """The memory format ``t`` is dense in (NCHW first), or ``None``."""
+    if t.is_contiguous():
+        return torch.contiguous_format
+    return torch.channels_last if t.is_contiguous(memory_format=torch.channels_last) else None
+
+
 def _upsample(x: torch.Tensor, out_h: int, out_w: int,
               out: Optional[torch.Tensor] = None) -> torch.Tensor:
     in_h, in_w = x.shape[-2:]
     b, c = x.shape[:2]
-    nhwc = out is not None and not out.is_contiguous() and \
-        out.is_contiguous(memory_format=torch.channels_last)
-    fmt = torch.channels_last if nhwc else torch.contiguous_format
+    fmt = (_layout(out) if out is not None else None) or torch.contiguous_format
     x = x.contiguous(memory_format=fmt)
     # along W first (the smaller intermediate), then along H straight into the output
     tmp = torch.empty(b, c, in_h, out_w, dtype=x.dtype, device=x.device, memory_format=fmt)

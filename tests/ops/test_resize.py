@@ -31,7 +31,7 @@ def test_align_corners_and_channels_last_and_autograd():
                                F.interpolate(x, (16, 24), mode='bilinear', align_corners=False))
 
 
-@pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
+@pytest.mark.parametrize('layout', ['nchw', 'nhwc', 'strided'])
 @pytest.mark.parametrize('shape,size', [
     ((1, 150, 16, 16), (128, 128)), ((2, 19, 8, 16), (64, 128)), ((1, 4, 5, 7), (20, 21)),
     ((1, 2, 3, 3), (5, 7))])  # the last: non-integer factors, F.interpolate copied into out
@@ -40,8 +40,10 @@ def test_out_is_written_in_its_own_layout(shape, size, layout):
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     ref = F.interpolate(x, size, mode='bilinear', align_corners=False)
     b, c = shape[:2]
-    out = torch.full((b, *size, c), float('nan')).permute(0, 3, 1, 2) if layout == 'nhwc' \
-        else torch.full((b, c, *size), float('nan'))
+    out = {'nchw': lambda: torch.full((b, c, *size), float('nan')),
+           'nhwc': lambda: torch.full((b, *size, c), float('nan')).permute(0, 3, 1, 2),
+           'strided': lambda: torch.full((b, c, size[0], 2 * size[1]), float('nan'))[..., ::2],
+           }[layout]()
     with torch.no_grad():
         got = resize_bilinear(x, size, out=out)
     assert got is out and got.stride() == out.stride()
