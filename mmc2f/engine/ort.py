@@ -24,6 +24,7 @@ while another of the engine's sessions (another input shape) runs.
 """
 import logging
 import math
+import threading
 import types
 import weakref
 from typing import Dict, List, Optional, Tuple
@@ -174,23 +175,27 @@ class OutputPool:
     def __init__(self, size: int = 2):
         self.arrays: List[Optional[np.ndarray]] = [None] * size
         self.busy = [False] * size
+        self.lock = threading.Lock()
 
     def _release(self, i: int) -> None:
         self.busy[i] = False
 
+    def _take(self, n: int) -> Optional[np.ndarray]:
+        with self.lock:
+            i = next((i for i, busy in enumerate(self.busy) if not busy), None)
+            if i is None:
+                return None
+            self.busy[i] = True
+        if self.arrays[i] is None or self.arrays[i].size < n:
+            self.arrays[i] = np.empty(n, np.float32)
+        view = self.arrays[i][:n]  # its own ndarray: collected with the last tensor on it
+        weakref.finalize(view, self._release, i)
+        return view
+
     def empty(self, *shape: int) -> torch.Tensor:
         """An uninitialised contiguous float32 tensor of ``shape``."""
-        n = math.prod(shape)
-        for i, busy in enumerate(self.busy):
-            if busy:
-                continue
-            if self.arrays[i] is None or self.arrays[i].size < n:
-                self.arrays[i] = np.empty(n, np.float32)
-            self.busy[i] = True
-            view = self.arrays[i][:n]  # its own ndarray: collected with the last tensor on it
-            weakref.finalize(view, self._release, i)
-            return torch.from_numpy(view).view(shape)
-        return torch.empty(shape)
+        view = self._take(math.prod(shape))
+        return torch.empty(shape) if view is None else torch.from_numpy(view).view(shape)
 
 
 class SegmentorOnnxRuntime(OnnxRuntimeForward):
