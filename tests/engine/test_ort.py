@@ -46,7 +46,7 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-# (70, 90): the logits are 9 x 12, a non-integer resize factor (F.interpolate's path)
+# (70, 90): the logits are 9 x 12, a non-integer resize factor (PyTorch's kernel, into the buffer)
 @pytest.mark.parametrize('size', [(64, 64), (96, 160), (72, 88), (70, 90)])
 def test_encode_decode_equals_pytorch(size):
     model = _segmentor(eval_seed=3)

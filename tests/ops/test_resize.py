@@ -34,7 +34,7 @@ def test_align_corners_and_channels_last_and_autograd():
 @pytest.mark.parametrize('layout', ['nchw', 'nhwc', 'strided'])
 @pytest.mark.parametrize('shape,size', [
     ((1, 150, 16, 16), (128, 128)), ((2, 19, 8, 16), (64, 128)), ((1, 4, 5, 7), (20, 21)),
-    ((1, 2, 3, 3), (5, 7))])  # the last: non-integer factors, F.interpolate copied into out
+    ((1, 2, 3, 3), (5, 7))])  # the last: non-integer factors, PyTorch's kernel (out= or a copy)
 def test_out_is_written_in_its_own_layout(shape, size, layout):
     from mmc2f.ops.resize import phase_wise
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
