@@ -51,6 +51,16 @@ def test_out_is_written_in_its_own_layout(shape, size, layout):
     torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize('layout', ['nchw', 'nhwc'])
+def test_out_with_align_corners_takes_pytorchs_kernel(layout):
+    x = torch.randn(1, 5, 4, 6, generator=torch.Generator().manual_seed(2))
+    ref = F.interpolate(x, (32, 48), mode='bilinear', align_corners=True)
+    out = torch.empty(1, 5, 32, 48) if layout == 'nchw' else \
+        torch.empty(1, 32, 48, 5).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(resize_bilinear(x, (32, 48), True, out=out), ref)
+
+
 def test_out_refuses_a_wrong_shape_and_autograd():
     x = torch.randn(1, 2, 4, 4, requires_grad=True)
     with pytest.raises(ValueError, match='out has shape'):
