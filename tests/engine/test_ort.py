@@ -246,6 +246,7 @@ def test_output_pool_hands_a_buffer_out_again_only_when_nothing_holds_it():
     del d
     e = pool.empty(4, 5)  # a larger one replaces it with a larger buffer
     assert e.shape == (4, 5) and e.is_contiguous()
+    assert pool.arrays[0].size == 20 and e.data_ptr() == pool.arrays[0].ctypes.data
 
 
 def test_results_kept_by_the_caller_are_never_overwritten():
