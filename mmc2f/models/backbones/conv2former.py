@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_mlp_residual, fused_conv,
+from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_mlp_residual, eager, fused_conv,
                        fused_conv_add, fused_conv_mul, gated_dwconv_residual, layer_norm_linear,
                        pointwise_conv, recompute_enabled)
 from mmc2f.registry import MODELS
@@ -338,6 +338,10 @@ class Conv2Former(BaseBackbone):
     #: smallest H (and W) whose stride-32 feature map is non-empty: ``ceil(H/2) // 16 >= 1``.
     min_input_size = 31
 
+    #: fused CPU inference runs the stem and stage 1 on this many images at a time, so that the
+    #: wide stage-1 activations stay in the last-level cache (``0``: the whole batch at once)
+    fused_chunk = 2
+
     default_init_cfg = AUTHORS_INIT_CFG
     checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
     pretrained_allow_missing = (r'out_norm\d+\.(weight|bias)', )
@@ -417,16 +421,24 @@ class Conv2Former(BaseBackbone):
         # NHWC (channels_last) memory throughout: the layout of LayerNorm over channels, of the
         # blocks' 1x1 convs as matrix products, of fast depthwise kernels and of the fused path.
         x = x.contiguous(memory_format=torch.channels_last)
+        # traced/exported graphs keep the batch whole (a split would fix the batch size)
+        chunk = self.fused_chunk if fused and x.device.type == 'cpu' and eager() else 0
         outs = []
         for i in range(self.num_stages):
-            x = self._downsample_fused(i, x) if fused else self.downsample_layers[i](x)
-            x = self.run_blocks(self.stages[i], x)
+            if i == 0 and 0 < chunk < x.shape[0]:
+                x = torch.cat([self._stage(0, part, fused) for part in x.split(chunk)])
+            else:
+                x = self._stage(i, x, fused)
             if i in self.out_indices:
                 out = getattr(self, f'out_norm{i}')(x) if self.out_norms else x
                 # LayerNorm2d leaves channels_last strides; necks, heads and mmcv's C++/CUDA ops
                 # (RoIAlign reads raw NCHW memory) need plain contiguous NCHW tensors.
                 outs.append(out.contiguous())
         return tuple(outs)
+
+    def _stage(self, i: int, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        x = self._downsample_fused(i, x) if fused else self.downsample_layers[i](x)
+        return self.run_blocks(self.stages[i], x)
 
     def fused_weights(self) -> Dict[str, torch.Tensor]:
         """The stem's second BatchNorm (:func:`fold_conv_stem`) and each downsampling LayerNorm

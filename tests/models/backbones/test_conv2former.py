@@ -433,6 +433,33 @@ def test_switch_to_deploy_matches_eval_outputs(onednn, randomised, run_deployed)
         assert ((o - r).norm() / r.norm()).item() < 1e-5
 
 
+def test_fused_inference_runs_stage_one_in_chunks(monkeypatch, randomised):
+    """Fused CPU inference runs the stem and stage 1 on ``fused_chunk`` images at a time (the rest
+    on the whole batch) with the outputs of the whole batch at once; traced graphs (ONNX export)
+    keep the batch whole."""
+    torch.manual_seed(0)
+    model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 2, 1, 1]),
+                                    kernel_size=5)).eval().switch_to_deploy()
+    x = torch.randn(5, 3, 64, 64)
+    calls, stage = [], Conv2Former._stage
+    monkeypatch.setattr(Conv2Former, '_stage', lambda self, i, x, fused: (
+        calls.append((i, x.shape[0])), stage(self, i, x, fused))[1])
+    with torch.no_grad():
+        chunked = model(x)
+        assert calls == [(0, 2), (0, 2), (0, 1), (1, 5), (2, 5), (3, 5)]
+        calls.clear()
+        model.fused_chunk = 0
+        whole = model(x)
+        assert calls == [(0, 5), (1, 5), (2, 5), (3, 5)]
+        for a, b in zip(chunked, whole):
+            assert a.is_contiguous()
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        calls.clear()
+        model.fused_chunk = 2
+        torch.jit.trace(model, x, check_trace=False)
+    assert calls == [(0, 5), (1, 5), (2, 5), (3, 5)]
+
+
 def test_switch_to_deploy_keeps_training_graph(randomised, check_train_mode_unchanged):
     model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 2, 1]),
                                     kernel_size=5))
