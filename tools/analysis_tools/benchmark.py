@@ -16,9 +16,9 @@ Examples::
     python tools/analysis_tools/benchmark.py configs/segnext/xxx.py --baseline mmseg-segnext-t
 
 Method: every model is built, moved to the device / memory format, and warmed up; then ``--repeat``
-rounds run the models in turn (interleaved), each timing ``--iters`` steps. Per round the candidate's
-throughput is divided by the baseline's; the median of those ratios and their spread (min..max) are
-printed with the median throughputs. ``--csv`` appends one row per candidate. Defaults: batch 8 at
+rounds run the models in turn (interleaved, the order reversed every other round), each timing
+``--iters`` steps. Per round the candidate's throughput is divided by the baseline's; the median of
+those ratios and their spread (min..max) are printed with the median throughputs. ``--csv`` appends one row per candidate. Defaults: batch 8 at
 224x224, or batch 1 at 512x512 for segmentation models (the presets with ADE20K's 150 classes, or
 Cityscapes' 19 from 1024x1024 pixels up; ``--num-classes`` overrides). On CPU the allocator is set
 to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.engine.process`), for
@@ -540,8 +540,8 @@ def main(argv=None):
         for _ in range(args.warmup):
             r.step()
     rounds = {r.name: [] for r in runners}
-    for _ in range(args.repeat):
-        for r in runners:
+    for i in range(args.repeat):
+        for r in runners if i % 2 == 0 else runners[::-1]:  # no runner always goes first
             rounds[r.name].append(r.time(args.iters))
     device = torch.cuda.get_device_name() if args.device.startswith('cuda') else \
         f'CPU x{torch.get_num_threads()} threads'
