@@ -22,12 +22,23 @@ def benchmark():
     return _load('benchmark')
 
 
-def test_benchmark_interleaves_against_baseline_and_appends_csv(benchmark, tmp_path):
+def test_benchmark_interleaves_against_baseline_and_appends_csv(benchmark, tmp_path,
+                                                                monkeypatch):
     out = tmp_path / 'bench.csv'
-    args = ['conv2former-t', '--batch-size', '1', '--input-size', '64', '--repeat', '2',
+    args = ['conv2former-t', '--batch-size', '1', '--input-size', '64', '--repeat', '3',
             '--iters', '1', '--warmup', '0', '--threads', '1', '--csv', str(out)]
+    timed, time = [], benchmark.Runner.time
+
+    def spy(runner, iters):
+        timed.append(runner.name)
+        return time(runner, iters)
+
+    monkeypatch.setattr(benchmark.Runner, 'time', spy)
     rows = benchmark.main(args)
     assert [r['model'] for r in rows] == ['conv2former-t', 'convnext-t']  # the default baseline
+    # interleaved rounds, the order reversed every other round
+    assert timed == ['conv2former-t', 'convnext-t', 'convnext-t', 'conv2former-t',
+                     'conv2former-t', 'convnext-t']
     cand = rows[0]
     assert cand['img_per_s'] > 0 and cand['baseline'] == 'convnext-t'
     assert cand['ratio_min'] <= cand['ratio_median'] <= cand['ratio_max']
