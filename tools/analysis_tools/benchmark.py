@@ -19,8 +19,9 @@ Method: every model is built, moved to the device / memory format, and warmed up
 rounds run the models in turn (interleaved, the order reversed every other round), each timing
 ``--iters`` steps. Per round the candidate's throughput is divided by the baseline's; the median of
 those ratios and their spread (min..max) are printed with the median throughputs. ``--csv``
-appends one row per candidate. Defaults: batch 8 at 224x224, or batch 1 at 512x512 for segmentation models (the presets with ADE20K's 150 classes, or
-Cityscapes' 19 from 1024x1024 pixels up; ``--num-classes`` overrides). On CPU the allocator is set
+appends one row per candidate. Defaults: batch 8 at 224x224, or batch 1 at 512x512 for
+segmentation models (the presets with ADE20K's 150 classes, or Cityscapes' 19 from 1024x1024
+pixels up; ``--num-classes`` overrides). On CPU the allocator is set
 to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.engine.process`), for
 every model in the process alike.
 
