@@ -208,14 +208,13 @@ class SegmentorOnnxRuntime(OnnxRuntimeForward):
                  static_shapes: int = 4, stop_spinning: bool = True, pool_size: int = 2):
         super().__init__(SegmentorLogits(segmentor, resize=False), threads, static_shapes,
                          stop_spinning)
-        self.align_corners = bool(getattr(segmentor, 'align_corners', False))
         self.pool = OutputPool(pool_size)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         raw = self(x)[0]
         (n, k), size = raw.shape[:2], tuple(x.shape[2:])
         out = self.pool.empty(n, *size, k).permute(0, 3, 1, 2)
-        return resize_bilinear(raw, size, self.align_corners, out=out)
+        return resize_bilinear(raw, size, self.module.align_corners, out=out)
 
 
 class _ClassForward(nn.Module):

@@ -13,7 +13,7 @@ from mmc2f.engine.ort import (OnnxRuntimeForward, OutputPool, restore_pytorch,  
                               run_on_onnxruntime)
 
 
-def _segmentor(eval_seed=None):
+def _segmentor(eval_seed=None, align_corners=False):
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
     init_default_scope('mmseg')
@@ -23,7 +23,7 @@ def _segmentor(eval_seed=None):
         backbone=dict(type='mmc2f.MSCAN', embed_dims=[8, 16, 24, 32], depths=[1, 1, 1, 1],
                       mlp_ratios=[2, 2, 2, 2], norm_cfg=dict(type='BN')),
         decode_head=dict(type='mmc2f.LightHamHead', in_channels=[16, 24, 32], in_index=[1, 2, 3],
-                         channels=16, ham_channels=16, num_classes=5, align_corners=False,
+                         channels=16, ham_channels=16, num_classes=5, align_corners=align_corners,
                          norm_cfg=dict(type='GN', num_groups=8),
                          ham_kwargs=dict(MD_R=4, train_steps=2, eval_steps=3,
                                          eval_seed=eval_seed)),
@@ -46,10 +46,14 @@ def _rel(a, b):
     return ((a - b).abs().max() / b.abs().max()).item()
 
 
-# (70, 90): the logits are 9 x 12, a non-integer resize factor (PyTorch's kernel, into the buffer)
-@pytest.mark.parametrize('size', [(64, 64), (96, 160), (72, 88), (70, 90)])
-def test_encode_decode_equals_pytorch(size):
-    model = _segmentor(eval_seed=3)
+# (70, 90): the logits are 9 x 12, a non-integer resize factor (PyTorch's kernel, into the buffer);
+# align_corners=True (the head's setting, which the engine's resize must follow) always takes it
+@pytest.mark.parametrize('size, align_corners', [
+    ((64, 64), False), ((96, 160), False), ((72, 88), False), ((70, 90), False),
+    ((64, 64), True), ((70, 90), True)])
+def test_encode_decode_equals_pytorch(size, align_corners):
+    model = _segmentor(eval_seed=3, align_corners=align_corners)
+    assert model.align_corners is align_corners
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     ref = _encode(model, x)
     run_on_onnxruntime(model)
