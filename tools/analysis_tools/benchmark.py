@@ -21,9 +21,8 @@ rounds run the models in turn (interleaved, the order reversed every other round
 those ratios and their spread (min..max) are printed with the median throughputs. ``--csv``
 appends one row per candidate. Defaults: batch 8 at 224x224, or batch 1 at 512x512 for
 segmentation models (the presets with ADE20K's 150 classes, or Cityscapes' 19 from 1024x1024
-pixels up; ``--num-classes`` overrides). On CPU the allocator is set
-to reuse freed memory and large tensors get huge pages (:mod:`mmc2f.engine.process`), for
-every model in the process alike.
+pixels up; ``--num-classes`` overrides). On CPU the allocator is set to reuse freed memory and
+large tensors get huge pages (:mod:`mmc2f.engine.process`), for every model in the process alike.
 
 Memory (``--memory``), two figures per model, each of one step after the warm-up:
 
