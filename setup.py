@@ -104,6 +104,8 @@ setup(
     if osp.exists(osp.join(HERE, 'README.md')) else '',
     long_description_content_type='text/markdown',
     packages=find_packages(include=['mmc2f', 'mmc2f.*']),
+    # C++ sources that mmc2f.ops.native compiles on the user's machine at first use
+    package_data={'mmc2f.ops': ['csrc/*.cpp']},
     python_requires='>=3.8',
     install_requires=read_requirements('runtime.txt'),
     extras_require={'tests': read_requirements('tests.txt'),

@@ -6,6 +6,7 @@
   1x1 convolutions on NHWC tensors;
 * :mod:`.fused`: convolutions with their activation / residual add / product in one oneDNN
   kernel;
+* :mod:`.native`: a C++ kernel, compiled at first use, for depthwise convolutions times a tensor;
 * :mod:`.resize`: bilinear upsampling of logits by an integer factor;
 * :mod:`.seg_loss`: cross-entropy of upsampled logits that keeps only the small ones.
 """

@@ -3,18 +3,20 @@
 On CPU in fp32 without autograd each call is one oneDNN kernel with a post-op
 (``torch.ops.mkldnn._convolution_pointwise``, what TorchInductor's CPU backend emits), its weight
 packed once into oneDNN's blocked layout for the input's shape (cached per weight tensor and
-version, so updated weights are packed again); everywhere else -- CUDA, half precision, autograd,
-tracing, ONNX export, ``torch.compile``, a build without oneDNN -- the same result comes from the
-unfused ATen ops.
+version, so updated weights are packed again), except 'same' depthwise convolutions times a tensor
+(Conv2Former's ``A * V``), which :mod:`.native`'s kernel computes where it can be built; everywhere
+else -- CUDA, half precision, autograd, tracing, ONNX export, ``torch.compile``, a build without
+oneDNN -- the same result comes from the unfused ATen ops.
 """
 import weakref
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .mode import eager
+from .native import depthwise_conv_mul
 
 __all__ = ['ACTIVATIONS', 'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add',
            'fused_conv_mul', 'fused_conv_binary', 'onednn_available']
@@ -43,39 +45,52 @@ def onednn_available() -> bool:
     return _POINTWISE is not None
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (_POINTWISE is not None and x.device.type == 'cpu' and x.dtype == torch.float32
-            and weight.dtype == torch.float32
+def _cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
             and eager())
 
 
-#: id(weight) -> {(version, conv geometry, input shape): packed weight}; a few shapes each,
-#: dropped with the weight tensor
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return _POINTWISE is not None and _cpu_inference(x, weight)
+
+
+#: id(weight) -> {(version, *key): weight in another layout}; a few each, dropped with the weight
 _PACKED: Dict[int, dict] = {}
 _PACKED_PER_WEIGHT = 4
 
 
-def _packed(weight: torch.Tensor, padding: List[int], stride: List[int], groups: int,
-            x: torch.Tensor) -> torch.Tensor:
-    """``weight`` in oneDNN's layout for this input shape (otherwise oneDNN reorders it on every
-    call); the plain weight if this build cannot pack."""
-    key = (weight._version, tuple(padding), tuple(stride), groups, tuple(x.shape))
+def _cached(weight: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """``make()``, a layout of ``weight``, cached per weight tensor, version and ``key``."""
+    try:
+        key = (weight._version, ) + key
+    except RuntimeError:  # an inference tensor has no version counter: no caching
+        return make()
     cache = _PACKED.get(id(weight))
     if cache is None:
         cache = _PACKED[id(weight)] = {}
         weakref.finalize(weight, _PACKED.pop, id(weight), None)
     packed = cache.get(key)
     if packed is None:
-        try:
-            packed = torch.ops.mkldnn._reorder_convolution_weight(
-                weight, padding, stride, [1, 1], groups, list(x.shape))
-        except (AttributeError, RuntimeError):
-            packed = weight
+        packed = make()
         if len(cache) >= _PACKED_PER_WEIGHT:
             cache.clear()
         cache[key] = packed
     return packed
+
+
+def _packed(weight: torch.Tensor, padding: List[int], stride: List[int], groups: int,
+            x: torch.Tensor) -> torch.Tensor:
+    """``weight`` in oneDNN's layout for this input shape (otherwise oneDNN reorders it on every
+    call); the plain weight if this build cannot pack."""
+    def reorder():
+        try:
+            return torch.ops.mkldnn._reorder_convolution_weight(
+                weight, padding, stride, [1, 1], groups, list(x.shape))
+        except (AttributeError, RuntimeError):
+            return weight
+
+    return _cached(weight, (tuple(padding), tuple(stride), groups, tuple(x.shape)), reorder)
 
 
 def _pair2(v) -> List[int]:
@@ -116,7 +131,15 @@ def fused_conv_add(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
 
 def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                    other: torch.Tensor, padding=0, groups: int = 1) -> torch.Tensor:
-    """``conv2d(x) * other`` (a Hadamard product) in one kernel where possible."""
+    """``conv2d(x) * other`` (a Hadamard product) in one kernel where possible: a 'same' depthwise
+    convolution of channels-last tensors in :mod:`.native`'s kernel, others in oneDNN's."""
+    k = weight.shape[-1]
+    if groups == x.shape[1] > 1 and _pair2(padding) == [k // 2] * 2 and _cpu_inference(x, weight):
+        khwc = _cached(weight, ('khwc', ),
+                       lambda: weight.flatten(1).t().contiguous().view(k, k, -1))
+        out = depthwise_conv_mul(x, khwc, bias, other)
+        if out is not None:
+            return out
     return fused_conv_binary(x, weight, bias, other, 'mul', padding, groups)
 
 

@@ -72,15 +72,18 @@ def check_train_mode_unchanged():
 def run_deployed(monkeypatch, count_aten_convs):
     """``fused, outs = run_deployed(model, x, onednn)``: a deployed copy of the eval-mode
     ``model`` and its outputs under ``no_grad``. With ``onednn`` every convolution must run as a
-    oneDNN kernel (no ATen ``conv2d`` call); without, the portable ATen path (used on CUDA, in
-    half precision and in ONNX export) is forced. The fused weights stay out of the state dict."""
+    oneDNN kernel or :mod:`mmc2f.ops.native`'s (no ATen ``conv2d`` call); without, the portable
+    ATen path (used on CUDA, in half precision and in ONNX export) is forced. The fused weights
+    stay out of the state dict."""
 
     def run(model, x, onednn):
         import copy
 
         from mmc2f.ops import fused as fused_ops
+        from mmc2f.ops import native
         if not onednn:
             monkeypatch.setattr(fused_ops, '_POINTWISE', None)
+            monkeypatch.setitem(native._state, 'lib', None)
         fused = copy.deepcopy(model).switch_to_deploy().eval()
         with torch.no_grad():
             aten_convs = count_aten_convs()

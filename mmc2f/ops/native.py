@@ -1,0 +1,143 @@
+"""Native CPU kernels: ``csrc/depthwise_nhwc.cpp``, depthwise convolutions of NHWC tensors with the
+elementwise work after them, for inference (oneDNN runs 11x11 depthwise convolutions at a third of
+the speed this simple register-tiled loop reaches; see docs/deployment.md).
+
+Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
+``-O3 -march=native -fopenmp``, about a second) into ``$MMC2F_KERNEL_CACHE`` (default
+``~/.cache/mmc2f/kernels``), one file per source, compiler and CPU (a home directory shared by
+different machines gets one build each), then loaded with ctypes. Its OpenMP runtime is the
+``libgomp.so.1`` torch has already loaded, so both use one thread pool. Without a compiler, when the
+build fails, or with ``MMC2F_NATIVE_KERNELS=0``, :func:`library` is ``None`` and the callers
+(:mod:`.fused`) use oneDNN; each of these is logged once.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ['library', 'depthwise_conv_mul', 'ENV_SWITCH', 'ENV_CACHE']
+
+ENV_SWITCH = 'MMC2F_NATIVE_KERNELS'
+ENV_CACHE = 'MMC2F_KERNEL_CACHE'
+SOURCE = Path(__file__).with_name('csrc') / 'depthwise_nhwc.cpp'
+#: narrower maps (e.g. Conv2Former's 7x7 stage 4) run faster in oneDNN
+MIN_WIDTH = 8
+
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _log(msg: str) -> None:
+    from mmengine.logging import print_log
+    print_log(f'mmc2f native kernels: {msg}', logger='current')
+
+
+def _cpu_id() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith(('flags', 'Features')):
+                    return line
+    except OSError:
+        pass
+    return f'{platform.machine()} {platform.processor()}'
+
+
+def _compiler() -> Optional[str]:
+    for name in (os.environ.get('CXX'), 'c++', 'g++', 'clang++'):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def cache_dir() -> Path:
+    default = Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'mmc2f' / 'kernels'
+    return Path(os.environ.get(ENV_CACHE) or default)
+
+
+def _build(cxx: str, out: Path) -> None:
+    tmp = out.with_name(f'{out.name}.{os.getpid()}.tmp')
+    base = ['-O3', '-fopenmp', '-fPIC', '-shared', '-std=c++17', str(SOURCE), '-o', str(tmp)]
+    try:
+        for arch in (['-march=native'], []):  # some compilers/targets lack -march=native
+            done = subprocess.run([cxx, *arch, *base], capture_output=True, text=True, timeout=600)
+            if done.returncode == 0:
+                os.replace(tmp, out)  # atomic: parallel ranks never load a half-written file
+                return
+        raise RuntimeError(done.stderr.strip()[-2000:])
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _load() -> Optional[ctypes.CDLL]:
+    if os.environ.get(ENV_SWITCH, '1') == '0':
+        _log(f'{ENV_SWITCH}=0: depthwise convolutions run in oneDNN')
+        return None
+    cxx = _compiler()
+    if cxx is None:
+        _log('no C++ compiler (set CXX or install g++): depthwise convolutions run in oneDNN')
+        return None
+    try:
+        version = subprocess.run([cxx, '--version'], capture_output=True, text=True,
+                                 timeout=60).stdout
+        key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_id().encode())
+        path = cache_dir() / f'depthwise_nhwc-{key.hexdigest()[:16]}.so'
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            _build(cxx, path)
+            _log(f'built {path} with {cxx} in {time.perf_counter() - start:.1f} s')
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _log(f'could not build or load {SOURCE.name} ({e}): depthwise convolutions run in oneDNN')
+        return None
+    ptr, i32 = ctypes.c_void_p, ctypes.c_int
+    lib.mmc2f_dw_mul.argtypes = [ptr] * 5 + [i32] * 6
+    lib.mmc2f_dw_mul.restype = i32
+    return lib
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernels (built first if needed), or ``None`` when they cannot be had."""
+    if 'lib' not in _state:
+        with _lock:
+            if 'lib' not in _state:
+                _state['lib'] = _load()
+    return _state['lib']
+
+
+def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
+                       other: torch.Tensor) -> Optional[torch.Tensor]:
+    """``conv2d(x, W, bias, padding=K // 2, groups=C) * other`` for channels-last float32 CPU tensors
+    ``x``, ``other`` ``(N, C, H, W)``, with ``weight_khwc = W.flatten(1).t()`` as ``(K, K, C)``;
+    ``None`` unless ``C % 8 == 0``, ``K`` is odd in 5..11 and ``W >= MIN_WIDTH`` (the caller then
+    computes it another way)."""
+    if x.dim() != 4 or weight_khwc.dim() != 3:
+        return None
+    n, c, h, w = x.shape
+    k = weight_khwc.shape[0]
+    tensors = (x, weight_khwc, other) + ((bias, ) if bias is not None else ())
+    if not (weight_khwc.shape == (k, k, c) and k % 2 == 1 and c % 8 == 0 and w >= MIN_WIDTH
+            and other.shape == x.shape
+            and all(t.dtype == torch.float32 and t.device.type == 'cpu' for t in tensors)
+            and weight_khwc.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)
+            and other.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    bias = bias.contiguous() if bias is not None else x.new_zeros(c)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    rc = lib.mmc2f_dw_mul(x.data_ptr(), weight_khwc.data_ptr(), bias.data_ptr(),
+                          other.data_ptr(), out.data_ptr(), n, h, w, c, k,
+                          torch.get_num_threads())
+    return out if rc == 0 else None

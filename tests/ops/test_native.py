@@ -1,0 +1,145 @@
+"""The native CPU kernel (mmc2f/ops/csrc/depthwise_nhwc.cpp) against ATen, its build and its
+fallbacks. This machine has a C++ compiler (the project's setup needs one only for this): the
+kernel must build."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmc2f.ops import fused, native
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """An empty kernel cache and no loaded library; returns the messages :mod:`native` logs."""
+    monkeypatch.setenv(native.ENV_CACHE, str(tmp_path / 'kernels'))
+    monkeypatch.delenv(native.ENV_SWITCH, raising=False)
+    monkeypatch.setattr(native, '_state', {})
+    logged = []
+    monkeypatch.setattr(native, '_log', logged.append)
+    return logged
+
+
+def _inputs(n, c, h, w, k, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    v = torch.randn(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(c, 1, k, k, generator=g) / k
+    return x, v, weight, torch.randn(c, generator=g)
+
+
+def _khwc(weight):
+    k = weight.shape[-1]
+    return weight.flatten(1).t().contiguous().view(k, k, -1)
+
+
+@pytest.mark.parametrize('n,c,h,w,k,threads', [
+    (1, 16, 16, 16, 11, 2),  # 16 channels a vector, tiles of 8
+    (3, 24, 14, 28, 11, 2),  # 8 channels a vector, tiles of 7
+    (2, 32, 3, 13, 7, 1),    # fewer rows than the kernel, a partial last tile
+    (1, 40, 9, 8, 5, 2),
+    (2, 48, 10, 21, 9, 2),
+])
+def test_depthwise_conv_mul_equals_aten(n, c, h, w, k, threads):
+    assert native.library() is not None, 'a C++ compiler is installed here: the kernel must build'
+    x, v, weight, bias = _inputs(n, c, h, w, k)
+    ref = F.conv2d(x, weight, bias, padding=k // 2, groups=c) * v
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = native.depthwise_conv_mul(x, _khwc(weight), bias, v)
+        no_bias = native.depthwise_conv_mul(x, _khwc(weight), None, v)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(no_bias, F.conv2d(x, weight, None, padding=k // 2, groups=c) * v,
+                               rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('case', ['channels', 'narrow', 'kernel3', 'nchw', 'float64', 'v_shape'])
+def test_uncovered_cases_are_left_to_the_caller(case):
+    n, c, h, w, k = 1, 16, 9, 12, 5
+    if case == 'channels':
+        c = 12
+    elif case == 'narrow':
+        w = native.MIN_WIDTH - 1
+    elif case == 'kernel3':
+        k = 3
+    x, v, weight, bias = _inputs(n, c, h, w, k)
+    if case == 'nchw':
+        x = x.contiguous()
+    elif case == 'float64':
+        x, v, weight, bias = x.double(), v.double(), weight.double(), bias.double()
+    elif case == 'v_shape':
+        v = v[:, :, :-1]
+    assert native.depthwise_conv_mul(x, _khwc(weight), bias, v) is None
+
+
+def test_fused_conv_mul_runs_it_only_for_cpu_inference(monkeypatch):
+    x, v, weight, bias = _inputs(2, 16, 10, 12, 7)
+    ref = F.conv2d(x, weight, bias, padding=3, groups=16) * v
+    calls, kernel = [], native.depthwise_conv_mul
+
+    def spy(*args):
+        calls.append(1)
+        return kernel(*args)
+
+    monkeypatch.setattr(fused, 'depthwise_conv_mul', spy)
+    with torch.no_grad():
+        got = fused.fused_conv_mul(x, weight, bias, v, padding=3, groups=16)
+    assert calls == [1]
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    trained = weight.clone().requires_grad_(True)
+    got = fused.fused_conv_mul(x, trained, bias, v, padding=3, groups=16)  # autograd: ATen
+    assert calls == [1] and got.requires_grad
+    with torch.no_grad():
+        torch.jit.trace(lambda t: fused.fused_conv_mul(t, weight, bias, v, padding=3, groups=16),
+                        x, check_trace=False)
+    assert calls == [1]
+
+
+def test_builds_once_per_cpu_and_reuses_the_file(fresh, monkeypatch, tmp_path):
+    lib = native.library()
+    assert lib is not None and native.library() is lib
+    built = list((tmp_path / 'kernels').glob('depthwise_nhwc-*.so'))
+    assert len(built) == 1 and [m for m in fresh if m.startswith('built ')], fresh
+    assert not list((tmp_path / 'kernels').glob('*.tmp'))
+    fresh.clear()
+    monkeypatch.setattr(native, '_state', {})
+    assert native.library() is not None and fresh == []  # loaded, not built again
+    monkeypatch.setattr(native, '_state', {})
+    monkeypatch.setattr(native, '_cpu_id', lambda: 'flags : another cpu')
+    assert native.library() is not None
+    assert len(list((tmp_path / 'kernels').glob('depthwise_nhwc-*.so'))) == 2
+
+
+def test_shares_torchs_openmp_runtime():
+    assert native.library() is not None
+    with open('/proc/self/maps') as f:
+        gomp = {line.split()[-1] for line in f if 'libgomp' in line}
+    assert len(gomp) == 1, gomp
+
+
+@pytest.mark.parametrize('why', ['switched_off', 'no_compiler', 'build_fails'])
+def test_without_the_kernel_the_result_comes_from_onednn(why, fresh, monkeypatch, tmp_path):
+    if why == 'switched_off':
+        monkeypatch.setenv(native.ENV_SWITCH, '0')
+        expected = f'{native.ENV_SWITCH}=0'
+    elif why == 'no_compiler':
+        monkeypatch.setattr(native, '_compiler', lambda: None)
+        expected = 'no C++ compiler'
+    else:
+        bad = tmp_path / 'broken.cpp'
+        bad.write_text('this is not C++\n')
+        monkeypatch.setattr(native, 'SOURCE', bad)
+        expected = 'could not build or load broken.cpp'
+    assert native.library() is None
+    assert len(fresh) == 1 and expected in fresh[0], fresh
+    assert not list((tmp_path / 'kernels').glob('*'))  # nothing half-built left behind
+    x, v, weight, bias = _inputs(1, 16, 9, 12, 5)
+    with torch.no_grad():
+        got = fused.fused_conv_mul(x, weight, bias, v, padding=2, groups=16)
+    torch.testing.assert_close(got, F.conv2d(x, weight, bias, padding=2, groups=16) * v,
+                               rtol=1e-5, atol=1e-5)
+    native.library()
+    assert len(fresh) == 1  # logged once
