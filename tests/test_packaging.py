@@ -161,7 +161,7 @@ def test_wheel_contents(wheel):
     assert not [n for n in names if '__pycache__' in n or n.endswith('.pyc')]
     assert mim + 'tools/setup_env.sh' not in names  # clone maintenance only
     assert 'mmc2f/cli.py' in names and 'mmc2f/apis/recipes.py' in names
-    assert 'mmc2f/ops/csrc/depthwise_nhwc.cpp' in names  # mmc2f.ops.native builds it at first use
+    assert 'mmc2f/ops/csrc/nhwc_kernels.cpp' in names  # mmc2f.ops.native builds it at first use
     # every config of the clone travels, with its _base_ files
     shipped = {n[len(mim + 'configs/'):] for n in names if n.startswith(mim + 'configs/')}
     for root, _, files in os.walk(osp.join(REPO, 'configs')):

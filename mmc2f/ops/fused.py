@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .mode import eager
-from .native import depthwise_conv_mul
+from .native import channel_norm as native_channel_norm
+from .native import depthwise_conv_mul as native_dw_mul
 
 __all__ = ['ACTIVATIONS', 'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add',
            'fused_conv_mul', 'fused_conv_binary', 'onednn_available']
@@ -45,9 +46,9 @@ def onednn_available() -> bool:
     return _POINTWISE is not None
 
 
-def _cpu_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+def _cpu_inference(*tensors: torch.Tensor) -> bool:
+    return (all(t.device.type == 'cpu' and t.dtype == torch.float32 for t in tensors)
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
             and eager())
 
 
@@ -137,7 +138,7 @@ def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     if groups == x.shape[1] > 1 and _pair2(padding) == [k // 2] * 2 and _cpu_inference(x, weight):
         khwc = _cached(weight, ('khwc', ),
                        lambda: weight.flatten(1).t().contiguous().view(k, k, -1))
-        out = depthwise_conv_mul(x, khwc, bias, other)
+        out = native_dw_mul(x, khwc, bias, other)
         if out is not None:
             return out
     return fused_conv_binary(x, weight, bias, other, 'mul', padding, groups)
@@ -160,6 +161,10 @@ def fused_conv_binary(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torc
 
 def channel_norm(x: torch.Tensor, eps: float) -> torch.Tensor:
     """Normalise an NCHW tensor over channels, without affine: ``(B, C, H, W) -> (B, C, H, W)``."""
+    if _cpu_inference(x):
+        out = native_channel_norm(x, eps)
+        if out is not None:
+            return out
     # int(): the channel count is static; traced (ONNX export) it must stay a constant.
     y = F.layer_norm(x.permute(0, 2, 3, 1), (int(x.shape[1]), ), None, None, eps)
     return y.permute(0, 3, 1, 2)

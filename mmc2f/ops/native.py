@@ -1,6 +1,7 @@
-"""Native CPU kernels: ``csrc/depthwise_nhwc.cpp``, depthwise convolutions of NHWC tensors with the
-elementwise work after them, for inference (oneDNN runs 11x11 depthwise convolutions at a third of
-the speed this simple register-tiled loop reaches; see docs/deployment.md).
+"""Native CPU kernels for NHWC (channels-last) float32 tensors in inference, ``csrc/nhwc_kernels.cpp``:
+a 'same' depthwise convolution times a tensor (Conv2Former's ``A * V``; oneDNN runs 11x11 depthwise
+convolutions at half the speed of this register-tiled loop in stage 1) and LayerNorm over channels
+without affine (2-3x ATen's ``layer_norm`` on rows of 72-576 channels). See docs/deployment.md.
 
 Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
 ``-O3 -march=native -fopenmp``, about a second) into ``$MMC2F_KERNEL_CACHE`` (default
@@ -8,7 +9,7 @@ Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++``
 different machines gets one build each), then loaded with ctypes. Its OpenMP runtime is the
 ``libgomp.so.1`` torch has already loaded, so both use one thread pool. Without a compiler, when the
 build fails, or with ``MMC2F_NATIVE_KERNELS=0``, :func:`library` is ``None`` and the callers
-(:mod:`.fused`) use oneDNN; each of these is logged once.
+(:mod:`.fused`) use ATen and oneDNN; each of these is logged once.
 """
 import ctypes
 import hashlib
@@ -23,11 +24,11 @@ from typing import Optional
 
 import torch
 
-__all__ = ['library', 'depthwise_conv_mul', 'ENV_SWITCH', 'ENV_CACHE']
+__all__ = ['library', 'depthwise_conv_mul', 'channel_norm', 'ENV_SWITCH', 'ENV_CACHE']
 
 ENV_SWITCH = 'MMC2F_NATIVE_KERNELS'
 ENV_CACHE = 'MMC2F_KERNEL_CACHE'
-SOURCE = Path(__file__).with_name('csrc') / 'depthwise_nhwc.cpp'
+SOURCE = Path(__file__).with_name('csrc') / 'nhwc_kernels.cpp'
 #: narrower maps (e.g. Conv2Former's 7x7 stage 4) run faster in oneDNN
 MIN_WIDTH = 8
 
@@ -79,17 +80,17 @@ def _build(cxx: str, out: Path) -> None:
 
 def _load() -> Optional[ctypes.CDLL]:
     if os.environ.get(ENV_SWITCH, '1') == '0':
-        _log(f'{ENV_SWITCH}=0: depthwise convolutions run in oneDNN')
+        _log(f'{ENV_SWITCH}=0: ATen and oneDNN kernels run instead')
         return None
     cxx = _compiler()
     if cxx is None:
-        _log('no C++ compiler (set CXX or install g++): depthwise convolutions run in oneDNN')
+        _log('no C++ compiler (set CXX or install g++): ATen and oneDNN kernels run instead')
         return None
     try:
         version = subprocess.run([cxx, '--version'], capture_output=True, text=True,
                                  timeout=60).stdout
         key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_id().encode())
-        path = cache_dir() / f'depthwise_nhwc-{key.hexdigest()[:16]}.so'
+        path = cache_dir() / f'nhwc_kernels-{key.hexdigest()[:16]}.so'
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
@@ -97,11 +98,13 @@ def _load() -> Optional[ctypes.CDLL]:
             _log(f'built {path} with {cxx} in {time.perf_counter() - start:.1f} s')
         lib = ctypes.CDLL(str(path))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-        _log(f'could not build or load {SOURCE.name} ({e}): depthwise convolutions run in oneDNN')
+        _log(f'could not build or load {SOURCE.name} ({e}): ATen and oneDNN kernels run instead')
         return None
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.mmc2f_dw_mul.argtypes = [ptr] * 5 + [i32] * 6
     lib.mmc2f_dw_mul.restype = i32
+    lib.mmc2f_channel_norm.argtypes = [ptr, ptr, ctypes.c_long, i32, ctypes.c_float, i32]
+    lib.mmc2f_channel_norm.restype = i32
     return lib
 
 
@@ -112,6 +115,10 @@ def library() -> Optional[ctypes.CDLL]:
             if 'lib' not in _state:
                 _state['lib'] = _load()
     return _state['lib']
+
+
+def _cpu_float(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 and t.device.type == 'cpu' for t in tensors)
 
 
 def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
@@ -127,7 +134,7 @@ def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optiona
     tensors = (x, weight_khwc, other) + ((bias, ) if bias is not None else ())
     if not (weight_khwc.shape == (k, k, c) and k % 2 == 1 and c % 8 == 0 and w >= MIN_WIDTH
             and other.shape == x.shape
-            and all(t.dtype == torch.float32 and t.device.type == 'cpu' for t in tensors)
+            and _cpu_float(*tensors)
             and weight_khwc.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
             and other.is_contiguous(memory_format=torch.channels_last)):
@@ -140,4 +147,19 @@ def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optiona
     rc = lib.mmc2f_dw_mul(x.data_ptr(), weight_khwc.data_ptr(), bias.data_ptr(),
                           other.data_ptr(), out.data_ptr(), n, h, w, c, k,
                           torch.get_num_threads())
+    return out if rc == 0 else None
+
+
+def channel_norm(x: torch.Tensor, eps: float) -> Optional[torch.Tensor]:
+    """LayerNorm over the channels of a channels-last float32 CPU tensor ``(N, C, H, W)`` without
+    affine, ``C % 8 == 0``; ``None`` otherwise."""
+    if not (x.dim() == 4 and x.shape[1] % 8 == 0 and _cpu_float(x)
+            and x.is_contiguous(memory_format=torch.channels_last)):
+        return None
+    lib = library()
+    if lib is None:
+        return None
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    rc = lib.mmc2f_channel_norm(x.data_ptr(), out.data_ptr(), x.numel() // x.shape[1], x.shape[1],
+                                eps, torch.get_num_threads())
     return out if rc == 0 else None

@@ -1,6 +1,6 @@
-"""The native CPU kernel (mmc2f/ops/csrc/depthwise_nhwc.cpp) against ATen, its build and its
+"""The native CPU kernels (mmc2f/ops/csrc/nhwc_kernels.cpp) against ATen, their build and their
 fallbacks. This machine has a C++ compiler (the project's setup needs one only for this): the
-kernel must build."""
+kernels must build."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -75,6 +75,27 @@ def test_uncovered_cases_are_left_to_the_caller(case):
     assert native.depthwise_conv_mul(x, _khwc(weight), bias, v) is None
 
 
+@pytest.mark.parametrize('c,threads', [(8, 1), (72, 2), (576, 2)])
+def test_channel_norm_equals_layer_norm(c, threads):
+    assert native.library() is not None
+    g = torch.Generator().manual_seed(c)
+    x = (torch.randn(3, c, 5, 7, generator=g) * 3 + 2).contiguous(memory_format=torch.channels_last)
+    ref = F.layer_norm(x.permute(0, 2, 3, 1), (c, ), eps=1e-6).permute(0, 3, 1, 2)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = native.channel_norm(x, 1e-6)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=2e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.channel_norm(x, 1e-6), got, rtol=0, atol=0)
+    assert native.channel_norm(x[:, :6].contiguous(memory_format=torch.channels_last), 1e-6) is None
+    assert native.channel_norm(x.contiguous(), 1e-6) is None  # NCHW memory
+    assert native.channel_norm(x.double(), 1e-6) is None
+
+
 def test_fused_conv_mul_runs_it_only_for_cpu_inference(monkeypatch):
     x, v, weight, bias = _inputs(2, 16, 10, 12, 7)
     ref = F.conv2d(x, weight, bias, padding=3, groups=16) * v
@@ -84,7 +105,7 @@ def test_fused_conv_mul_runs_it_only_for_cpu_inference(monkeypatch):
         calls.append(1)
         return kernel(*args)
 
-    monkeypatch.setattr(fused, 'depthwise_conv_mul', spy)
+    monkeypatch.setattr(fused, 'native_dw_mul', spy)
     with torch.no_grad():
         got = fused.fused_conv_mul(x, weight, bias, v, padding=3, groups=16)
     assert calls == [1]
@@ -101,7 +122,7 @@ def test_fused_conv_mul_runs_it_only_for_cpu_inference(monkeypatch):
 def test_builds_once_per_cpu_and_reuses_the_file(fresh, monkeypatch, tmp_path):
     lib = native.library()
     assert lib is not None and native.library() is lib
-    built = list((tmp_path / 'kernels').glob('depthwise_nhwc-*.so'))
+    built = list((tmp_path / 'kernels').glob('nhwc_kernels-*.so'))
     assert len(built) == 1 and [m for m in fresh if m.startswith('built ')], fresh
     assert not list((tmp_path / 'kernels').glob('*.tmp'))
     fresh.clear()
@@ -110,7 +131,7 @@ def test_builds_once_per_cpu_and_reuses_the_file(fresh, monkeypatch, tmp_path):
     monkeypatch.setattr(native, '_state', {})
     monkeypatch.setattr(native, '_cpu_id', lambda: 'flags : another cpu')
     assert native.library() is not None
-    assert len(list((tmp_path / 'kernels').glob('depthwise_nhwc-*.so'))) == 2
+    assert len(list((tmp_path / 'kernels').glob('nhwc_kernels-*.so'))) == 2
 
 
 def test_shares_torchs_openmp_runtime():

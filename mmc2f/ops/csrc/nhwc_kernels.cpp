@@ -1,11 +1,14 @@
-// A KxK depthwise convolution (stride 1, zero padding K / 2) of an NHWC float32 tensor times a
-// second tensor, out = (dw(x) + b) * v, for CPU inference (Conv2Former's A * V). Built and loaded
-// by mmc2f/ops/native.py.
+// Kernels for NHWC float32 tensors in CPU inference, built and loaded by mmc2f/ops/native.py:
 //
-// x, v, out: (N, H, W, C) contiguous; wt: (K, K, C), the (C, 1, K, K) weight transposed; b: (C).
-// The work is split over (image, block of VW channels). Each task copies its input rows, zero-
-// padded, into a ring buffer of K rows, and computes T outputs of a row at a time: T accumulators
-// and the K weights of one kernel row stay in registers while the T + K - 1 inputs stream by.
+// mmc2f_dw_mul: a KxK depthwise convolution (stride 1, zero padding K / 2) times a second tensor,
+//   out = (dw(x) + b) * v (Conv2Former's A * V). x, v, out: (N, H, W, C) contiguous; wt: (K, K, C),
+//   the (C, 1, K, K) weight transposed; b: (C). The work is split over (image, block of VW
+//   channels). Each task copies its input rows, zero-padded, into a ring buffer of K rows, and
+//   computes T outputs of a row at a time: T accumulators and the K weights of one kernel row stay
+//   in registers while the T + K - 1 inputs stream by.
+// mmc2f_channel_norm: out = (x - mean) / sqrt(var + eps) over the C channels of each pixel
+//   (LayerNorm without affine), x and out (rows, C) contiguous.
+#include <cmath>
 #include <cstddef>
 #include <cstring>
 #include <vector>
@@ -116,11 +119,34 @@ int dispatch(const float* x, const float* wt, const float* bias, const float* v,
 
 }  // namespace
 
-// 0 when done; 1 when there is no kernel for (C, K) (C % 8 != 0, K not in 5, 7, 9, 11): the
-// caller falls back.
+// Both return 0 when done, 1 when there is no kernel for the arguments (C % 8 != 0, K not in
+// 5, 7, 9, 11): the caller falls back.
 extern "C" int mmc2f_dw_mul(const float* x, const float* wt, const float* bias, const float* v,
                             float* out, int N, int H, int W, int C, int K, int threads) {
   if (C % 16 == 0) return dispatch<16>(x, wt, bias, v, out, N, H, W, C, K, threads);
   if (C % 8 == 0) return dispatch<8>(x, wt, bias, v, out, N, H, W, C, K, threads);
   return 1;
+}
+
+extern "C" int mmc2f_channel_norm(const float* x, float* out, long rows, int C, float eps,
+                                  int threads) {
+  typedef Vec<8>::type vec;
+  if (C % 8) return 1;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long r = 0; r < rows; ++r) {
+    const float* xr = x + r * C;
+    vec sum = {}, sq = {};
+    for (int c = 0; c < C; c += 8) sum += load<8>(xr + c);
+    float mean = 0.f, var = 0.f;
+    for (int i = 0; i < 8; ++i) mean += sum[i];
+    mean /= C;
+    for (int c = 0; c < C; c += 8) {
+      const vec d = load<8>(xr + c) - mean;
+      sq += d * d;
+    }
+    for (int i = 0; i < 8; ++i) var += sq[i];
+    const float rstd = 1.f / std::sqrt(var / C + eps);
+    for (int c = 0; c < C; c += 8) store<8>(out + r * C + c, (load<8>(xr + c) - mean) * rstd);
+  }
+  return 0;
 }
