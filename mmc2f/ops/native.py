@@ -29,8 +29,8 @@ __all__ = ['library', 'depthwise_conv_mul', 'channel_norm', 'ENV_SWITCH', 'ENV_C
 ENV_SWITCH = 'MMC2F_NATIVE_KERNELS'
 ENV_CACHE = 'MMC2F_KERNEL_CACHE'
 SOURCE = Path(__file__).with_name('csrc') / 'nhwc_kernels.cpp'
-#: narrower maps (e.g. Conv2Former's 7x7 stage 4) run faster in oneDNN
-MIN_WIDTH = 8
+#: narrower maps run faster in oneDNN (a tile of outputs is 7 or 8 wide)
+MIN_WIDTH = 7
 
 _lock = threading.Lock()
 _state: dict = {}

@@ -59,11 +59,13 @@ void plane(const float* x, const float* wt, const float* bias, const float* v, f
   const vec b = load<VW>(bias + c0);
   for (int ho = 0; ho < H; ++ho) {
     load_row(ho + P);
+    // kernel rows that meet the image (the others would add zeros)
+    const int i0 = ho < P ? P - ho : 0, i1 = ho + P >= H ? H + P - ho : K;
     for (int w0 = 0; w0 < W; w0 += T) {
       vec acc[T];
 #pragma GCC unroll 16
       for (int t = 0; t < T; ++t) acc[t] = b;
-      for (int i = 0; i < K; ++i) {
+      for (int i = i0; i < i1; ++i) {
         const float* s = slot(ho - P + i) + w0 * VW;
         const float* wi = wt + (size_t)i * K * C + c0;
         vec wv[K];
