@@ -1,7 +1,7 @@
-"""Native CPU kernels for NHWC (channels-last) float32 tensors in inference, ``csrc/nhwc_kernels.cpp``:
-a 'same' depthwise convolution times a tensor (Conv2Former's ``A * V``; oneDNN runs 11x11 depthwise
-convolutions at half the speed of this register-tiled loop in stage 1) and LayerNorm over channels
-without affine (2-3x ATen's ``layer_norm`` on rows of 72-576 channels). See docs/deployment.md.
+"""Native CPU kernels for NHWC (channels-last) float32 tensors in inference
+(``csrc/nhwc_kernels.cpp``): a 'same' depthwise convolution times a tensor (Conv2Former's
+``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels) and LayerNorm over channels without
+affine (1.8-2.9x ATen's ``layer_norm``). See docs/deployment.md.
 
 Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
 ``-O3 -march=native -fopenmp``, about a second) into ``$MMC2F_KERNEL_CACHE`` (default
@@ -60,7 +60,8 @@ def _compiler() -> Optional[str]:
 
 
 def cache_dir() -> Path:
-    default = Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser() / 'mmc2f' / 'kernels'
+    cache = Path(os.environ.get('XDG_CACHE_HOME') or '~/.cache').expanduser()
+    default = cache / 'mmc2f' / 'kernels'
     return Path(os.environ.get(ENV_CACHE) or default)
 
 
@@ -123,19 +124,17 @@ def _cpu_float(*tensors: torch.Tensor) -> bool:
 
 def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
                        other: torch.Tensor) -> Optional[torch.Tensor]:
-    """``conv2d(x, W, bias, padding=K // 2, groups=C) * other`` for channels-last float32 CPU tensors
-    ``x``, ``other`` ``(N, C, H, W)``, with ``weight_khwc = W.flatten(1).t()`` as ``(K, K, C)``;
-    ``None`` unless ``C % 8 == 0``, ``K`` is odd in 5..11 and ``W >= MIN_WIDTH`` (the caller then
-    computes it another way)."""
+    """``conv2d(x, W, bias, padding=K // 2, groups=C) * other`` for channels-last float32 CPU
+    tensors ``x``, ``other`` ``(N, C, H, W)``, with ``weight_khwc``: ``W.flatten(1).t()`` as
+    ``(K, K, C)``; ``None`` unless ``C % 8 == 0``, ``K`` is 5, 7, 9 or 11 and ``W >= MIN_WIDTH``
+    (the caller then computes it another way)."""
     if x.dim() != 4 or weight_khwc.dim() != 3:
         return None
     n, c, h, w = x.shape
     k = weight_khwc.shape[0]
     tensors = (x, weight_khwc, other) + ((bias, ) if bias is not None else ())
     if not (weight_khwc.shape == (k, k, c) and k % 2 == 1 and c % 8 == 0 and w >= MIN_WIDTH
-            and other.shape == x.shape
-            and _cpu_float(*tensors)
-            and weight_khwc.is_contiguous()
+            and other.shape == x.shape and _cpu_float(*tensors) and weight_khwc.is_contiguous()
             and x.is_contiguous(memory_format=torch.channels_last)
             and other.is_contiguous(memory_format=torch.channels_last)):
         return None
