@@ -433,6 +433,42 @@ def test_switch_to_deploy_matches_eval_outputs(onednn, randomised, run_deployed)
         assert ((o - r).norm() / r.norm()).item() < 1e-5
 
 
+def test_fused_cpu_inference_runs_native_kernels(monkeypatch, randomised):
+    """``A * V`` (the large-kernel depthwise convolution times ``V``) and the LayerNorms of the
+    deployed model run in :mod:`mmc2f.ops.native` wherever its kernels apply (maps at least
+    ``MIN_WIDTH`` wide), and the outputs equal the eval model's."""
+    from mmc2f.ops import fused as fused_ops
+    from mmc2f.ops import native
+    assert native.library() is not None, 'a C++ compiler is installed here: the kernels must build'
+    torch.manual_seed(0)
+    model = randomised(Conv2Former(arch=dict(dims=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
+                                    kernel_size=7)).eval()
+    x = torch.randn(2, 3, 128, 128)  # stage maps 32, 16, 8, 4 wide
+    with torch.no_grad():
+        ref = model(x)
+    calls = []
+
+    def spy(name, fn):
+        def wrapped(*args):
+            out = fn(*args)
+            calls.append((name, args[0].shape[-1], out is not None))
+            return out
+        monkeypatch.setattr(fused_ops, name, wrapped)
+
+    spy('native_dw_mul', fused_ops.native_dw_mul)
+    spy('native_channel_norm', fused_ops.native_channel_norm)
+    model.switch_to_deploy()
+    with torch.no_grad():
+        out = model(x)
+    for a, b in zip(out, ref):
+        assert ((a - b).norm() / b.norm()).item() < 1e-5
+    dw = [(w, ran) for name, w, ran in calls if name == 'native_dw_mul']
+    # one call per block (a batch of two is one chunk); the 4-wide stage 4 is left to oneDNN
+    assert dw == [(32, True), (16, True), (8, True), (4, False)], dw
+    norms = [ran for name, _, ran in calls if name == 'native_channel_norm']
+    assert len(norms) == 2 * 4 + 3 and all(norms), calls  # two per block, three downsamplings
+
+
 def test_fused_inference_runs_stage_one_in_chunks(monkeypatch, randomised):
     """Fused CPU inference runs the stem and stage 1 on ``fused_chunk`` images at a time (the rest
     on the whole batch) with the outputs of the whole batch at once; traced graphs (ONNX export)
