@@ -135,7 +135,8 @@ def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     """``conv2d(x) * other`` (a Hadamard product) in one kernel where possible: a 'same' depthwise
     convolution of channels-last tensors in :mod:`.native`'s kernel, others in oneDNN's."""
     k = weight.shape[-1]
-    if groups == x.shape[1] > 1 and _pair2(padding) == [k // 2] * 2 and _cpu_inference(x, weight):
+    if groups == x.shape[1] > 1 and weight.shape[-2] == k and _pair2(padding) == [k // 2] * 2 \
+            and _cpu_inference(x, weight):
         khwc = _cached(weight, ('khwc', ),
                        lambda: weight.flatten(1).t().contiguous().view(k, k, -1))
         out = native_dw_mul(x, khwc, bias, other)

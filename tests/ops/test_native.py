@@ -116,7 +116,11 @@ def test_fused_conv_mul_runs_it_only_for_cpu_inference(monkeypatch):
     with torch.no_grad():
         torch.jit.trace(lambda t: fused.fused_conv_mul(t, weight, bias, v, padding=3, groups=16),
                         x, check_trace=False)
+        wide = torch.randn(16, 1, 5, 7)  # not square: oneDNN
+        other = torch.randn(2, 16, 12, 12).contiguous(memory_format=torch.channels_last)
+        got = fused.fused_conv_mul(x, wide, bias, other, padding=3, groups=16)
     assert calls == [1]
+    torch.testing.assert_close(got, F.conv2d(x, wide, bias, padding=3, groups=16) * other)
 
 
 def test_builds_once_per_cpu_and_reuses_the_file(fresh, monkeypatch, tmp_path):
