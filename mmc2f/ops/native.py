@@ -1,7 +1,8 @@
 """Native CPU kernels for NHWC (channels-last) float32 tensors in inference
 (``csrc/nhwc_kernels.cpp``): a 'same' depthwise convolution times a tensor (Conv2Former's
-``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels) and LayerNorm over channels without
-affine (1.8-2.9x ATen's ``layer_norm``). See docs/deployment.md.
+``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels), a 3x3 one with GELU and the residual
+``x + GELU(DW(x))`` (its MLP; 1.2-1.5x oneDNN's convolution with GELU and an add) and LayerNorm
+over channels without affine (1.8-2.9x ATen's ``layer_norm``). See docs/deployment.md.
 
 Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
 ``-O3 -march=native -fopenmp``, about a second) into ``$MMC2F_KERNEL_CACHE`` (default
@@ -24,7 +25,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ['library', 'depthwise_conv_mul', 'channel_norm', 'ENV_SWITCH', 'ENV_CACHE']
+__all__ = ['library', 'depthwise_conv_mul', 'depthwise_gelu_residual', 'channel_norm',
+           'ENV_SWITCH', 'ENV_CACHE']
 
 ENV_SWITCH = 'MMC2F_NATIVE_KERNELS'
 ENV_CACHE = 'MMC2F_KERNEL_CACHE'
@@ -104,6 +106,8 @@ def _load() -> Optional[ctypes.CDLL]:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.mmc2f_dw_mul.argtypes = [ptr] * 5 + [i32] * 6
     lib.mmc2f_dw_mul.restype = i32
+    lib.mmc2f_dw_gelu_add.argtypes = [ptr] * 4 + [i32] * 6
+    lib.mmc2f_dw_gelu_add.restype = i32
     lib.mmc2f_channel_norm.argtypes = [ptr, ptr, ctypes.c_long, i32, ctypes.c_float, i32]
     lib.mmc2f_channel_norm.restype = i32
     return lib
@@ -122,31 +126,51 @@ def _cpu_float(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == torch.float32 and t.device.type == 'cpu' for t in tensors)
 
 
+def _depthwise_applies(x: torch.Tensor, weight_khwc: torch.Tensor,
+                       bias: Optional[torch.Tensor], *others: torch.Tensor) -> bool:
+    if x.dim() != 4 or weight_khwc.dim() != 3:
+        return False
+    k = weight_khwc.shape[0]
+    tensors = (x, weight_khwc, *others) + ((bias, ) if bias is not None else ())
+    return (weight_khwc.shape == (k, k, x.shape[1]) and x.shape[1] % 8 == 0
+            and x.shape[3] >= MIN_WIDTH and all(o.shape == x.shape for o in others)
+            and _cpu_float(*tensors) and weight_khwc.is_contiguous()
+            and all(t.is_contiguous(memory_format=torch.channels_last) for t in (x, *others)))
+
+
+def _run_depthwise(fn, x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
+                   *others: torch.Tensor) -> Optional[torch.Tensor]:
+    lib = library()
+    if lib is None:
+        return None
+    n, c, h, w = x.shape
+    bias = bias.contiguous() if bias is not None else x.new_zeros(c)
+    out = torch.empty_like(x, memory_format=torch.channels_last)
+    rc = getattr(lib, fn)(x.data_ptr(), weight_khwc.data_ptr(), bias.data_ptr(),
+                          *(o.data_ptr() for o in others), out.data_ptr(), n, h, w, c,
+                          weight_khwc.shape[0], torch.get_num_threads())
+    return out if rc == 0 else None
+
+
 def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
                        other: torch.Tensor) -> Optional[torch.Tensor]:
     """``conv2d(x, W, bias, padding=K // 2, groups=C) * other`` for channels-last float32 CPU
     tensors ``x``, ``other`` ``(N, C, H, W)``, with ``weight_khwc``: ``W.flatten(1).t()`` as
     ``(K, K, C)``; ``None`` unless ``C % 8 == 0``, ``K`` is 5, 7, 9 or 11 and ``W >= MIN_WIDTH``
     (the caller then computes it another way)."""
-    if x.dim() != 4 or weight_khwc.dim() != 3:
+    if not _depthwise_applies(x, weight_khwc, bias, other):
         return None
-    n, c, h, w = x.shape
-    k = weight_khwc.shape[0]
-    tensors = (x, weight_khwc, other) + ((bias, ) if bias is not None else ())
-    if not (weight_khwc.shape == (k, k, c) and k % 2 == 1 and c % 8 == 0 and w >= MIN_WIDTH
-            and other.shape == x.shape and _cpu_float(*tensors) and weight_khwc.is_contiguous()
-            and x.is_contiguous(memory_format=torch.channels_last)
-            and other.is_contiguous(memory_format=torch.channels_last)):
+    return _run_depthwise('mmc2f_dw_mul', x, weight_khwc, bias, other)
+
+
+def depthwise_gelu_residual(x: torch.Tensor, weight_khwc: torch.Tensor,
+                            bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``x + GELU(conv2d(x, W, bias, padding=1, groups=C))`` (exact-erf GELU, to 2e-7 ``|x|``) for
+    a channels-last float32 CPU tensor ``(N, C, H, W)`` and a 3x3 ``W`` given as
+    ``weight_khwc`` ``(3, 3, C)``; ``None`` unless ``C % 8 == 0`` and ``W >= MIN_WIDTH``."""
+    if not (_depthwise_applies(x, weight_khwc, bias) and weight_khwc.shape[0] == 3):
         return None
-    lib = library()
-    if lib is None:
-        return None
-    bias = bias.contiguous() if bias is not None else x.new_zeros(c)
-    out = torch.empty_like(x, memory_format=torch.channels_last)
-    rc = lib.mmc2f_dw_mul(x.data_ptr(), weight_khwc.data_ptr(), bias.data_ptr(),
-                          other.data_ptr(), out.data_ptr(), n, h, w, c, k,
-                          torch.get_num_threads())
-    return out if rc == 0 else None
+    return _run_depthwise('mmc2f_dw_gelu_add', x, weight_khwc, bias)
 
 
 def channel_norm(x: torch.Tensor, eps: float) -> Optional[torch.Tensor]:

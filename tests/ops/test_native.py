@@ -75,6 +75,49 @@ def test_uncovered_cases_are_left_to_the_caller(case):
     assert native.depthwise_conv_mul(x, _khwc(weight), bias, v) is None
 
 
+@pytest.mark.parametrize('n,c,h,w,threads', [
+    (2, 32, 11, 16, 2),   # 16 channels a vector, tiles of 8
+    (1, 24, 5, 14, 1),    # 8 channels a vector, tiles of 7
+    (3, 48, 2, 9, 2),     # fewer rows than the kernel, a partial tile
+])
+def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads):
+    assert native.library() is not None
+    g = torch.Generator().manual_seed(c)
+    x = (torch.randn(n, c, h, w, generator=g) * 3).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(c, 1, 3, 3, generator=g) / 2, torch.randn(c, generator=g)
+    exact = x.double() + F.gelu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1,
+                                         groups=c))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        got = native.depthwise_gelu_residual(x, _khwc(weight), bias)
+    finally:
+        torch.set_num_threads(before)
+    assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
+    # float32 rounding of the convolution, and the GELU's 2e-7 |x|
+    torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused.dwconv_gelu_residual(x, weight, bias), got, rtol=0,
+                                   atol=0)
+    assert native.depthwise_gelu_residual(x, _khwc(weight.expand(c, 1, 3, 3)[:, :, :2, :2]),
+                                          bias) is None  # 2x2: no kernel
+    assert native.depthwise_gelu_residual(x.contiguous(), _khwc(weight), bias) is None  # NCHW
+
+
+def test_gelu_is_exact_to_float_precision():
+    """The kernel's GELU against float64's over the range where it matters (the identity above
+    |x| ~ 6, zero below -6): a centre tap of 1 makes the output x + GELU(x); within 2e-7 |x| for
+    the GELU plus the rounding of that sum."""
+    x = torch.linspace(-12, 12, 8 * 3001).view(1, 8, 3001, 1).repeat(1, 1, 1, 8)
+    x = x.contiguous(memory_format=torch.channels_last)
+    tap = torch.zeros(8, 1, 3, 3)
+    tap[:, :, 1, 1] = 1
+    got = native.depthwise_gelu_residual(x, _khwc(tap), torch.zeros(8)).double()
+    exact = x.double() + F.gelu(x.double())
+    err = (got - exact).abs() / x.double().abs().clamp_min(1e-3)
+    assert err.max().item() < 2e-7 + 2 ** -23, err.max().item()
+
+
 @pytest.mark.parametrize('c,threads', [(8, 1), (72, 2), (576, 2)])
 def test_channel_norm_equals_layer_norm(c, threads):
     assert native.library() is not None

@@ -15,9 +15,9 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_mlp_residual, eager, fused_conv,
-                       fused_conv_add, fused_conv_mul, gated_dwconv_residual, layer_norm_linear,
-                       pointwise_conv, recompute_enabled)
+from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_gelu_residual, dwconv_mlp_residual,
+                       eager, fused_conv, fused_conv_add, fused_conv_mul, gated_dwconv_residual,
+                       layer_norm_linear, pointwise_conv, recompute_enabled)
 from mmc2f.registry import MODELS
 from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
 from ..layer_depth import convnext_layer_id, convnext_min_num_layers
@@ -254,8 +254,7 @@ class Block(FusedInference, nn.Module):
         x = fused_conv_add(a, self.fused_proj_weight, self.fused_proj_bias, x)
         n = channel_norm(x, mlp.norm.eps)
         h = fused_conv(n, self.fused_fc1_weight, self.fused_fc1_bias, act='gelu')
-        h = fused_conv(h, pos.weight, pos.bias, padding=pos.padding, groups=pos.groups,
-                       act='gelu').add_(h)
+        h = dwconv_gelu_residual(h, pos.weight, pos.bias, padding=pos.padding)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
 
 
