@@ -38,6 +38,7 @@ def _khwc(weight):
     (2, 32, 3, 13, 7, 1),    # fewer rows than the kernel, a partial last tile
     (1, 40, 9, 8, 5, 2),
     (2, 48, 10, 21, 9, 2),
+    (1, 16, 40, 12, 5, 2),   # one image, one channel block: bands of rows for the threads
 ])
 def test_depthwise_conv_mul_equals_aten(n, c, h, w, k, threads):
     assert native.library() is not None, 'a C++ compiler is installed here: the kernel must build'
@@ -79,6 +80,7 @@ def test_uncovered_cases_are_left_to_the_caller(case):
     (2, 32, 11, 16, 2),   # 16 channels a vector, tiles of 8
     (1, 24, 5, 14, 1),    # 8 channels a vector, tiles of 7
     (3, 48, 2, 9, 2),     # fewer rows than the kernel, a partial tile
+    (1, 16, 30, 10, 2),   # bands of rows
 ])
 def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads):
     assert native.library() is not None

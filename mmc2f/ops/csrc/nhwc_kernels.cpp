@@ -3,13 +3,14 @@
 // mmc2f_dw_mul: a KxK depthwise convolution (stride 1, zero padding K / 2) times a second tensor,
 //   out = (dw(x) + b) * v (Conv2Former's A * V). x, v, out: (N, H, W, C) contiguous; wt: (K, K, C),
 //   the (C, 1, K, K) weight transposed; b: (C). The work is split over (image, block of VW
-//   channels). Each task copies its input rows, zero-padded, into a ring buffer of K rows, and
-//   computes T outputs of a row at a time: T accumulators and the K weights of one kernel row stay
-//   in registers while the T + K - 1 inputs stream by.
+//   channels, band of rows). Each task copies its input rows, zero-padded, into a ring buffer of
+//   K rows, and computes T outputs of a row at a time: T accumulators and the K weights of one
+//   kernel row stay in registers while the T + K - 1 inputs stream by.
 // mmc2f_dw_gelu_add: the same loop for a 3x3 kernel, out = x + GELU(dw(x) + b) (the exact-erf
 //   GELU to 2e-7 |x|; Conv2Former's MLP: h + GELU(pos(h))).
 // mmc2f_channel_norm: out = (x - mean) / sqrt(var + eps) over the C channels of each pixel
 //   (LayerNorm without affine), x and out (rows, C) contiguous.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstring>
@@ -91,7 +92,7 @@ struct GeluAddInput {  // out = x + GELU(acc)
 
 template <int VW, int K, int T, class Epilogue>
 void plane(const float* x, const float* wt, const float* bias, int H, int W, int C, int n,
-           int c0, float* ring, const Epilogue& epi) {
+           int c0, int h0, int h1, float* ring, const Epilogue& epi) {
   typedef typename Vec<VW>::type vec;
   const int P = K / 2, Wp = W + K - 1 + T;
   std::memset(ring, 0, sizeof(float) * VW * Wp * K);
@@ -106,9 +107,9 @@ void plane(const float* x, const float* wt, const float* bias, int H, int W, int
     const float* src = xn + (size_t)row * W * C + c0;
     for (int w = 0; w < W; ++w) store<VW>(s + w * VW, load<VW>(src + (size_t)w * C));
   };
-  for (int row = -P; row < P; ++row) load_row(row);
+  for (int row = h0 - P; row < h0 + P; ++row) load_row(row);
   const vec b = load<VW>(bias + c0);
-  for (int ho = 0; ho < H; ++ho) {
+  for (int ho = h0; ho < h1; ++ho) {
     load_row(ho + P);
     // kernel rows that meet the image (the others would add zeros)
     const int i0 = ho < P ? P - ho : 0, i1 = ho + P >= H ? H + P - ho : K;
@@ -144,17 +145,25 @@ void run(const float* x, const float* wt, const float* bias, int N, int H, int W
          int threads, const Epilogue& epi) {
   const int blocks = C / VW;
   const bool by7 = W % 8 != 0 && W % 7 == 0;  // tiles of 7 for widths 7, 14, 28, ...
+  // bands of rows too when images x channel blocks would leave threads idle (each band loads
+  // K - 1 rows twice)
+  const int want = 4 * threads, tasks = N * blocks;
+  const int bands = tasks >= want ? 1 : std::min((want + tasks - 1) / tasks, std::max(1, H / K));
+  const int band = (H + bands - 1) / bands;
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> ring((size_t)VW * (W + K - 1 + 8) * K);
-#pragma omp for collapse(2) schedule(static)
+#pragma omp for collapse(3) schedule(static)
     for (int n = 0; n < N; ++n)
-      for (int cb = 0; cb < blocks; ++cb) {
-        if (by7)
-          plane<VW, K, 7>(x, wt, bias, H, W, C, n, cb * VW, ring.data(), epi);
-        else
-          plane<VW, K, 8>(x, wt, bias, H, W, C, n, cb * VW, ring.data(), epi);
-      }
+      for (int cb = 0; cb < blocks; ++cb)
+        for (int r = 0; r < bands; ++r) {
+          const int h0 = r * band, h1 = std::min(H, h0 + band);
+          if (h0 >= h1) continue;
+          if (by7)
+            plane<VW, K, 7>(x, wt, bias, H, W, C, n, cb * VW, h0, h1, ring.data(), epi);
+          else
+            plane<VW, K, 8>(x, wt, bias, H, W, C, n, cb * VW, h0, h1, ring.data(), epi);
+        }
   }
 }
 
