@@ -5,9 +5,8 @@ On CPU in fp32 without autograd each call is one oneDNN kernel with a post-op
 packed once into oneDNN's blocked layout for the input's shape (cached per weight tensor and
 version, so updated weights are packed again), except 'same' depthwise convolutions times a tensor
 (Conv2Former's ``A * V``) and ``x + GELU(DW3x3(x))``, which :mod:`.native`'s kernels compute where
-they can be built; everywhere
-else -- CUDA, half precision, autograd, tracing, ONNX export, ``torch.compile``, a build without
-oneDNN -- the same result comes from the unfused ATen ops.
+they can be built; everywhere else -- CUDA, half precision, autograd, tracing, ONNX export,
+``torch.compile``, a build without oneDNN -- the same result comes from the unfused ATen ops.
 """
 import weakref
 from typing import Callable, Dict, List, Optional
