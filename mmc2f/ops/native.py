@@ -94,7 +94,9 @@ def _load() -> Optional[ctypes.CDLL]:
                                  timeout=60).stdout
         key = hashlib.sha256(SOURCE.read_bytes() + version.encode() + _cpu_id().encode())
         path = cache_dir() / f'nhwc_kernels-{key.hexdigest()[:16]}.so'
-        if not path.exists():
+        if path.exists():
+            _log(f'loading {path}')
+        else:
             path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             _build(cxx, path)
