@@ -1,7 +1,7 @@
 """Native CPU kernels for NHWC (channels-last) float32 tensors in inference
 (``csrc/nhwc_kernels.cpp``): a 'same' depthwise convolution times a tensor (Conv2Former's
 ``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels), a 3x3 one with GELU and the residual
-``x + GELU(DW(x))`` (its MLP; 1.2-1.5x oneDNN's convolution with GELU and an add) and LayerNorm
+``x + GELU(DW(x))`` (its MLP; up to 1.67x oneDNN's convolution with GELU and an add) and LayerNorm
 over channels without affine (1.8-2.9x ATen's ``layer_norm``). See docs/deployment.md.
 
 Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
@@ -33,6 +33,9 @@ ENV_CACHE = 'MMC2F_KERNEL_CACHE'
 SOURCE = Path(__file__).with_name('csrc') / 'nhwc_kernels.cpp'
 #: narrower maps run faster in oneDNN (a tile of outputs is 7 or 8 wide)
 MIN_WIDTH = 7
+#: the 3x3 + GELU + residual kernel: in Conv2Former-T (batch 8) oneDNN's convolution with GELU
+#: and an add stay faster on 14- and 7-wide maps (measured in the model, not alone)
+GELU_RESIDUAL_MIN_WIDTH = 28
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -129,13 +132,14 @@ def _cpu_float(*tensors: torch.Tensor) -> bool:
 
 
 def _depthwise_applies(x: torch.Tensor, weight_khwc: torch.Tensor,
-                       bias: Optional[torch.Tensor], *others: torch.Tensor) -> bool:
+                       bias: Optional[torch.Tensor], *others: torch.Tensor,
+                       min_width: int = MIN_WIDTH) -> bool:
     if x.dim() != 4 or weight_khwc.dim() != 3:
         return False
     k = weight_khwc.shape[0]
     tensors = (x, weight_khwc, *others) + ((bias, ) if bias is not None else ())
     return (weight_khwc.shape == (k, k, x.shape[1]) and x.shape[1] % 8 == 0
-            and x.shape[3] >= MIN_WIDTH and all(o.shape == x.shape for o in others)
+            and x.shape[3] >= min_width and all(o.shape == x.shape for o in others)
             and _cpu_float(*tensors) and weight_khwc.is_contiguous()
             and all(t.is_contiguous(memory_format=torch.channels_last) for t in (x, *others)))
 
@@ -169,8 +173,10 @@ def depthwise_gelu_residual(x: torch.Tensor, weight_khwc: torch.Tensor,
                             bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``x + GELU(conv2d(x, W, bias, padding=1, groups=C))`` (exact-erf GELU, to 2e-7 ``|x|``) for
     a channels-last float32 CPU tensor ``(N, C, H, W)`` and a 3x3 ``W`` given as
-    ``weight_khwc`` ``(3, 3, C)``; ``None`` unless ``C % 8 == 0`` and ``W >= MIN_WIDTH``."""
-    if not (_depthwise_applies(x, weight_khwc, bias) and weight_khwc.shape[0] == 3):
+    ``weight_khwc`` ``(3, 3, C)``; ``None`` unless ``C % 8 == 0`` and
+    ``W >= GELU_RESIDUAL_MIN_WIDTH``."""
+    if not (_depthwise_applies(x, weight_khwc, bias, min_width=GELU_RESIDUAL_MIN_WIDTH)
+            and weight_khwc.shape[0] == 3):
         return None
     return _run_depthwise('mmc2f_dw_gelu_add', x, weight_khwc, bias)
 

@@ -82,8 +82,9 @@ def test_uncovered_cases_are_left_to_the_caller(case):
     (3, 48, 2, 9, 2),     # fewer rows than the kernel, a partial tile
     (1, 16, 30, 10, 2),   # bands of rows
 ])
-def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads):
+def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads, monkeypatch):
     assert native.library() is not None
+    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', 7)  # the kernel on every tile shape
     g = torch.Generator().manual_seed(c)
     x = (torch.randn(n, c, h, w, generator=g) * 3).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c, 1, 3, 3, generator=g) / 2, torch.randn(c, generator=g)
@@ -104,12 +105,15 @@ def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads):
     assert native.depthwise_gelu_residual(x, _khwc(weight.expand(c, 1, 3, 3)[:, :, :2, :2]),
                                           bias) is None  # 2x2: no kernel
     assert native.depthwise_gelu_residual(x.contiguous(), _khwc(weight), bias) is None  # NCHW
+    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', w + 1)  # narrower: oneDNN's
+    assert native.depthwise_gelu_residual(x, _khwc(weight), bias) is None
 
 
-def test_gelu_is_exact_to_float_precision():
+def test_gelu_is_exact_to_float_precision(monkeypatch):
     """The kernel's GELU against float64's over the range where it matters (the identity above
     |x| ~ 6, zero below -6): a centre tap of 1 makes the output x + GELU(x); within 2e-7 |x| for
     the GELU plus the rounding of that sum."""
+    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', 8)
     x = torch.linspace(-12, 12, 8 * 3001).view(1, 8, 3001, 1).repeat(1, 1, 1, 8)
     x = x.contiguous(memory_format=torch.channels_last)
     tap = torch.zeros(8, 1, 3, 3)
