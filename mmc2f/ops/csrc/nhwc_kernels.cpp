@@ -41,6 +41,20 @@ inline void store(float* p, typename Vec<VW>::type v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+// c[0] + c[1] t + ... + c[N - 1] t^(N - 1), by Horner's rule
+template <int VW, int N>
+inline typename Vec<VW>::type polynomial(typename Vec<VW>::type t, const float (&c)[N]) {
+  typename Vec<VW>::type r = typename Vec<VW>::type{} + c[N - 1];
+#pragma GCC unroll 8
+  for (int i = N - 2; i >= 0; --i) r = r * t + c[i];
+  return r;
+}
+
+const float kErfP[] = {1.1283790461659591f, 0.19230618543653871f, 0.052981535257788426f,
+                       0.003844629907534276f, 0.00028618799919440097f, 2.0273251191143276e-06f};
+const float kErfQ[] = {1.f, 0.50375881901980402f, 0.11487873995100643f, 0.015124275365902324f,
+                       0.001181042046075614f, 3.7928954094191375e-05f};
+
 // erf(z) = z P(z^2) / Q(z^2) on |z| <= 4 (erf(4) = 1 - 1.5e-8), P and Q of degree 5 with positive
 // coefficients (an iteratively reweighted least-squares fit; |error| < 8e-8 in exact arithmetic,
 // 2e-7 |x| in float for GELU(x) = x / 2 (1 + erf(x / sqrt 2))).
@@ -52,18 +66,7 @@ inline typename Vec<VW>::type gelu(typename Vec<VW>::type x) {
   z = z < lim ? z : lim;
   z = z > -lim ? z : -lim;
   const vec t = z * z;
-  vec p = vec{} + 2.0273251191143276e-06f;
-  p = p * t + 0.00028618799919440097f;
-  p = p * t + 0.003844629907534276f;
-  p = p * t + 0.052981535257788426f;
-  p = p * t + 0.19230618543653871f;
-  p = p * t + 1.1283790461659591f;
-  vec q = vec{} + 3.7928954094191375e-05f;
-  q = q * t + 0.001181042046075614f;
-  q = q * t + 0.015124275365902324f;
-  q = q * t + 0.11487873995100643f;
-  q = q * t + 0.50375881901980402f;
-  q = q * t + 1.f;
+  const vec p = polynomial<VW>(t, kErfP), q = polynomial<VW>(t, kErfQ);
   const vec h = x * 0.5f;
   return h + h * (z * p / q);
 }
