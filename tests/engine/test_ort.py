@@ -215,22 +215,88 @@ def test_sessions_stop_spinning_after_a_run_unless_asked(stop):
     assert _stops_spinning(session) is stop
 
 
-def test_the_graph_is_the_plain_forward_and_pytorch_keeps_the_fused_one(monkeypatch):
+def _constants(graph) -> dict:
+    from onnx import numpy_helper
+    found = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    found.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.node
+                  if n.op_type == 'Constant' and n.attribute[0].name == 'value'})
+    return found
+
+
+def test_the_graph_folds_the_mscan_blocks_and_pytorch_keeps_its_kernels(monkeypatch):
+    import onnx
+
+    import mmc2f.engine.ort as engine_module
     from mmc2f.models.backbones.mscan import MSCABlock
+    graphs, export = [], engine_module.export_onnx
+
+    def spy(*args, **kwargs):
+        graphs.append(export(*args, **kwargs))
+        return graphs[-1]
+
+    monkeypatch.setattr(engine_module, 'export_onnx', spy)
     model = _segmentor(eval_seed=1)
+    x = torch.randn(1, 3, 64, 64)
+    ref = _encode(model, x)
     switch_to_deploy(model, backend='onnxruntime')
+    blocks = [m for m in model.modules() if isinstance(m, MSCABlock)]
     calls = []
     fused_forward = MSCABlock.forward_fused
-    monkeypatch.setattr(MSCABlock, 'forward_fused',
-                        lambda self, x: calls.append(1) or fused_forward(self, x))
-    x = torch.randn(1, 3, 64, 64)
+
+    def counted(self, x):
+        calls.append(self)
+        return fused_forward(self, x)
+
+    monkeypatch.setattr(MSCABlock, 'forward_fused', counted)
+    assert _rel(_encode(model, x), ref) < 1e-5
+    assert len(graphs) == 1 and set(calls) == set(blocks)  # traced: the blocks' folded forward
+    graph = onnx.load_from_string(graphs[0]).graph
+    # the blocks' BN1 and BN2 precede a conv: folded into it (the exporter folds the embeddings'
+    # BNs into the conv before them itself; the plain blocks would leave 8 BatchNormalization)
+    assert 'BatchNormalization' not in [n.op_type for n in graph.node]
+    # the shortcut's shift is in proj_2's bias: no per-channel constant is added on its own
+    # (ONNX Runtime does not fuse such an add into the conv before it)
+    consts = _constants(graph)
+    assert not [n.name for n in graph.node if n.op_type == 'Add' and 'block' in n.name and
+                any(i in consts and consts[i].size > 1 for i in n.input)]
+    calls.clear()
     _encode(model, x)
-    assert model._mmc2f_onnxruntime.exports == 1 and not calls
-    blocks = [m for m in model.modules() if isinstance(m, MSCABlock)]
-    assert blocks and all(m.deployed for m in blocks)
+    assert not calls and len(graphs) == 1  # ONNX Runtime runs it
     restore_pytorch(model)
-    _encode(model, x)
-    assert len(calls) == len(blocks)
+    assert _rel(_encode(model, x), ref) < 1e-5
+    assert len(calls) == len(blocks)  # PyTorch keeps the fused kernels
+
+
+def test_changed_block_weights_are_folded_again_before_the_export():
+    from mmc2f.models.fusion import plain_forward
+    model = _segmentor(eval_seed=1)
+    switch_to_deploy(model, backend='onnxruntime')
+    engine = model._mmc2f_onnxruntime
+    x = torch.randn(1, 3, 64, 64)
+    before = _encode(model, x)
+    with torch.no_grad():  # in place, after switch_to_deploy folded it
+        model.backbone.block2[0].attn.proj_1.weight.mul_(-3.0)
+    after = _encode(model, x)
+    assert engine.exports == 2
+    restore_pytorch(model)
+    with plain_forward(model):
+        want = _encode(model, x)
+    assert _rel(after, want) < 1e-5 and _rel(after, before) > 1e-3
+    assert _rel(_encode(model, x), want) < 1e-5  # the PyTorch path got the new folds too
+
+
+def test_replaced_submodules_are_exported_again():
+    model = _segmentor(eval_seed=1)
+    run_on_onnxruntime(model)
+    engine = model._mmc2f_onnxruntime
+    x = torch.randn(1, 3, 64, 64)
+    before = _encode(model, x)
+    old = model.decode_head.conv_seg
+    model.decode_head.conv_seg = torch.nn.Conv2d(old.in_channels, old.out_channels, 1)
+    after = _encode(model, x)
+    assert engine.exports == 2
+    restore_pytorch(model)
+    assert _rel(after, _encode(model, x)) < 1e-5 and _rel(after, before) > 1e-3
 
 
 def test_output_pool_hands_a_buffer_out_again_only_when_nothing_holds_it():

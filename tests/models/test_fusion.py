@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmc2f.models.fusion import FusedInference, bn_affine, fold_output_scale, plain_forward
+from mmc2f.models.fusion import (FusedInference, bn_affine, fold_output_scale, onnxruntime_forward,
+                                 plain_forward)
 
 
 def test_bn_affine_and_folds():
@@ -75,3 +76,22 @@ def test_plain_forward_runs_the_unfused_forward_for_a_while():
     with pytest.raises(RuntimeError), plain_forward(outer):
         raise RuntimeError('restored on errors too')
     assert outer[0].deployed
+
+
+def test_onnxruntime_forward_keeps_and_refolds_only_the_modules_that_prefer_it():
+    outer = nn.Sequential(_Scaled(), _Scaled()).eval()
+    outer[0].onnxruntime_fused = True  # an instance attribute here; a class attribute in mmc2f
+    for m in outer:
+        m.switch_to_deploy()
+    with torch.no_grad():
+        for m in outer:
+            m.gamma.mul_(3)  # in place after the fold: the fused weights are stale now
+    x = torch.randn(1, 3, 4, 4)
+    with torch.no_grad():
+        want = [m.conv(x) * m.gamma.view(1, -1, 1, 1) for m in outer]
+    with onnxruntime_forward(outer):
+        assert outer[0].fused and not outer[1].fused
+        torch.testing.assert_close(outer[0](x), want[0])  # folded again, current weights
+        torch.testing.assert_close(outer[1](x), want[1])  # the plain forward
+    assert outer[0].deployed and outer[1].deployed
+    torch.testing.assert_close(outer[0](x), want[0])

@@ -175,6 +175,8 @@ class MSCABlock(FusedInference, nn.Module):
     Shapes: ``(B, C, H, W) -> (B, C, H, W)``.
     """
 
+    onnxruntime_fused = True  # its folded graph leaves ONNX Runtime no BN or layer-scale Mul
+
     def __init__(self, channels: int, kernel_sizes: Sequence = _DEFAULT_KERNELS,
                  paddings: Sequence = _DEFAULT_PADDINGS, mlp_ratio: float = 4., drop: float = 0.,
                  drop_path: float = 0., act_cfg: dict = dict(type='GELU'),
@@ -202,7 +204,8 @@ class MSCABlock(FusedInference, nn.Module):
         """With ``BN1(x) = s1 x + t1`` and ``BN2(x) = s2 x + t2`` (running statistics): ``BN1``
         folded into ``proj_1``, ``BN2`` into ``fc1``, ``ls1`` into ``proj_2``, ``ls2`` into
         ``fc2``; the attention branch's own shortcut ``+ BN1(x)`` joins the block's:
-        ``x + ls1 (P + s1 x + t1) = ls1 P + ((1 + ls1 s1) x + ls1 t1)``."""
+        ``x + ls1 (P + s1 x + t1) = (ls1 P + ls1 t1) + (1 + ls1 s1) x``, its shift in ``proj_2``'s
+        bias (a constant added on its own would keep ONNX Runtime from fusing the add)."""
         attn, mlp = self.attn, self.mlp
         s1, t1 = bn_affine(self.norm1)
         s2, t2 = bn_affine(self.norm2)
@@ -214,12 +217,11 @@ class MSCABlock(FusedInference, nn.Module):
                                       'nn.ReLU')
         folded = {
             'proj_1': fold_channel_affine(attn.proj_1.weight, attn.proj_1.bias, s1, t1),
-            'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1),
+            'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1, ls1 * t1),
             'fc1': fold_channel_affine(mlp.fc1.weight, mlp.fc1.bias, s2, t2),
             'fc2': fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, ls2),
-            'shortcut': ((1 + ls1 * s1).view(1, -1, 1, 1), (ls1 * t1).view(1, -1, 1, 1)),
         }
-        out: Dict[str, object] = {'acts': acts}
+        out: Dict[str, object] = {'acts': acts, 'shortcut_scale': (1 + ls1 * s1).view(1, -1, 1, 1)}
         out.update({f'{name}_{kind}': t for name, wb in folded.items()
                     for kind, t in zip(('weight', 'bias'), wb)})
         return out
@@ -228,7 +230,7 @@ class MSCABlock(FusedInference, nn.Module):
         """The block for inference with the weights of :meth:`fuse` (``'`` = folded)::
 
             u = Act(proj_1' x);  A = conv0(u);  S = A + sum_i conv_i2(conv_i1(A))
-            x = proj_2'(conv3(S) * u) + ((1 + ls1 s1) x + ls1 t1)
+            x = proj_2'(conv3(S) * u) + (1 + ls1 s1) x      (proj_2' has ls1 t1 in its bias)
             x = fc2'(Act(DW3(fc1' x))) + x
 
         Each ``Act(conv)``, ``conv + y`` and ``conv * u`` is one kernel on CPU (oneDNN post-ops).
@@ -243,8 +245,8 @@ class MSCABlock(FusedInference, nn.Module):
             strip = _conv(getattr(msca, f'conv{i}_1'), a)
             s = _conv(getattr(msca, f'conv{i}_2'), strip, add=s)
         z = fused_conv_mul(s, msca.conv3.weight, msca.conv3.bias, u)
-        shortcut = torch.addcmul(self.fused_shortcut_bias, x, self.fused_shortcut_weight)
-        x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias, shortcut)
+        x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias,
+                           x * self.fused_shortcut_scale)
         h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
         h = _conv(mlp.dwconv, h, act=mlp_act)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
