@@ -229,7 +229,7 @@ class MSCABlock(FusedInference, nn.Module):
     def forward_fused(self, x: torch.Tensor) -> torch.Tensor:
         """The block for inference with the weights of :meth:`fuse` (``'`` = folded)::
 
-            u = Act(proj_1' x);  A = conv0(u);  S = A + sum_i conv_i2(conv_i1(A))
+            u = Act(proj_1' x);  A = conv0(u);  S = sum_i conv_i2(conv_i1(A)) + A
             x = proj_2'(conv3(S) * u) + (1 + ls1 s1) x      (proj_2' has ls1 t1 in its bias)
             x = fc2'(Act(DW3(fc1' x))) + x
 
@@ -240,11 +240,11 @@ class MSCABlock(FusedInference, nn.Module):
         attn_act, mlp_act = self.fused_acts
         u = fused_conv(x, self.fused_proj_1_weight, self.fused_proj_1_bias, act=attn_act)
         a = _conv(msca.conv0, u)
-        s = a
+        s = None  # A is added last: fused into a strip conv, ONNX Runtime would copy it first
         for i in range(msca.num_branches):
             strip = _conv(getattr(msca, f'conv{i}_1'), a)
             s = _conv(getattr(msca, f'conv{i}_2'), strip, add=s)
-        z = fused_conv_mul(s, msca.conv3.weight, msca.conv3.bias, u)
+        z = fused_conv_mul(a if s is None else s + a, msca.conv3.weight, msca.conv3.bias, u)
         x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias,
                            x * self.fused_shortcut_scale)
         h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
