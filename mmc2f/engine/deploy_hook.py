@@ -40,7 +40,8 @@ def switch_to_deploy(model: nn.Module, backend: str = 'pytorch',
     in eval mode, ``train()`` drops them, parameters and state dict unchanged.
     ``onnxruntime`` (mmseg segmentors and :data:`~mmc2f.engine.ort.ONNXRUNTIME_FASTER`
     backbones, on CPU): :func:`mmc2f.engine.ort.run_on_onnxruntime`, after the fusion above
-    (which the PyTorch fallbacks run; the exported graph is the plain forward).
+    (which the PyTorch fallbacks run; the exported graph is
+    :func:`mmc2f.models.fusion.onnxruntime_forward`'s).
     ``auto``: ``onnxruntime`` where it applies and is installed. ``stop_spinning``: see
     :func:`mmc2f.engine.ort.session_options`.
     """
