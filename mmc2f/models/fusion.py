@@ -100,10 +100,11 @@ class FusedInference:
         """
         for module in self.modules():
             if isinstance(module, FusedInference):
-                module._set_fused(module.fused_weights())
+                module.set_fused(module.fused_weights())
         return self
 
-    def _set_fused(self, values: Dict[str, object]) -> None:
+    def set_fused(self, values: Dict[str, object]) -> None:
+        """Install ``values`` (as :meth:`fused_weights` returns them); the module is deployed."""
         self._drop_fused()
         for name, value in values.items():
             if isinstance(value, torch.Tensor):
@@ -138,12 +139,15 @@ def plain_forward(module: nn.Module):
 def onnxruntime_forward(module: nn.Module):
     """Inside the block, ``module`` runs the forward to export for ONNX Runtime: deployed modules
     with :attr:`~FusedInference.onnxruntime_fused` their fused forward, folded again from the
-    current weights (so an export never carries stale folds), other deployed modules their
-    plain forward."""
+    current weights (so an export never carries stale folds; the outermost such modules, whose
+    ``switch_to_deploy`` may fold across their submodules), other deployed modules their plain
+    forward."""
     deployed = [m for m in module.modules() if isinstance(m, FusedInference) and m.deployed]
-    for m in deployed:
-        if m.onnxruntime_fused:
+    refolded: List[nn.Module] = []
+    for m in deployed:  # parents before children
+        if m.onnxruntime_fused and not any(m in r.modules() for r in refolded):
             m.switch_to_deploy()
+            refolded.append(m)
     with _unfused([m for m in deployed if not m.onnxruntime_fused]):
         yield
 

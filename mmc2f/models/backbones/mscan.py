@@ -37,6 +37,7 @@ from mmc2f.registry import MODELS
 from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
 from ..layers import DropPath, LayerNorm2d, drop_path_rates, init_layer_scale, layer_scale
 from .base import BaseBackbone
+from .mscan_deploy import carry_streams, embed_fused, embed_fused_weights, stage_output
 from .mscan_lean import lean_block_forward, lean_supported, run_blocks, use_lean
 
 __all__ = ['MSCA', 'SpatialAttention', 'Mlp', 'MSCABlock', 'StemConv', 'OverlapPatchEmbed', 'MSCAN',
@@ -201,27 +202,43 @@ class MSCABlock(FusedInference, nn.Module):
         return x
 
     def fused_weights(self) -> Dict[str, object]:
+        if getattr(self, 'fused_stream_out', None) is not None:  # a carried stream's neighbours
+            raise RuntimeError('this MSCABlock is folded with its stage (carried stream): call '
+                               'switch_to_deploy() on the MSCAN backbone')
+        return self.fold()
+
+    def fold(self, stream: Optional[torch.Tensor] = None,
+             absorb: bool = False) -> Dict[str, object]:
         """With ``BN1(x) = s1 x + t1`` and ``BN2(x) = s2 x + t2`` (running statistics): ``BN1``
         folded into ``proj_1``, ``BN2`` into ``fc1``, ``ls1`` into ``proj_2``, ``ls2`` into
         ``fc2``; the attention branch's own shortcut ``+ BN1(x)`` joins the block's:
-        ``x + ls1 (P + s1 x + t1) = (ls1 P + ls1 t1) + (1 + ls1 s1) x``, its shift in ``proj_2``'s
-        bias (a constant added on its own would keep ONNX Runtime from fusing the add)."""
+        ``x + ls1 (P + s1 x + t1) = (ls1 P + ls1 t1) + d x``, ``d = 1 + ls1 s1``, its shift in
+        ``proj_2``'s bias (a constant added on its own would keep ONNX Runtime from fusing the
+        add). ``stream`` ``S`` (``(1, C, 1, 1)``): the input comes as ``x / S``; ``absorb``: the
+        output leaves as ``x_out / (S d)`` (``stream_out``), without the product by ``d``
+        (:func:`.mscan_deploy.carry_streams`)."""
         attn, mlp = self.attn, self.mlp
         s1, t1 = bn_affine(self.norm1)
         s2, t2 = bn_affine(self.norm2)
         ls1, ls2 = self.layer_scale_1, self.layer_scale_2
+        d = 1 + ls1 * s1
+        s_in = torch.ones_like(d) if stream is None else stream.flatten()
+        s_out = s_in * d if absorb else s_in
         acts = tuple(activation_name(m) for m in (attn.activation, mlp.act))
         if None in acts:
             raise NotImplementedError(f'MSCABlock: cannot fuse the activations '
                                       f'{attn.activation}, {mlp.act}; supported: nn.GELU(), '
                                       'nn.ReLU')
         folded = {
-            'proj_1': fold_channel_affine(attn.proj_1.weight, attn.proj_1.bias, s1, t1),
-            'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1, ls1 * t1),
-            'fc1': fold_channel_affine(mlp.fc1.weight, mlp.fc1.bias, s2, t2),
-            'fc2': fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, ls2),
+            'proj_1': fold_channel_affine(attn.proj_1.weight, attn.proj_1.bias, s1 * s_in, t1),
+            'proj_2': fold_output_scale(attn.proj_2.weight, attn.proj_2.bias, ls1 / s_out,
+                                        ls1 * t1 / s_out),
+            'fc1': fold_channel_affine(mlp.fc1.weight, mlp.fc1.bias, s2 * s_out, t2),
+            'fc2': fold_output_scale(mlp.fc2.weight, mlp.fc2.bias, ls2 / s_out),
         }
-        out: Dict[str, object] = {'acts': acts, 'shortcut_scale': (1 + ls1 * s1).view(1, -1, 1, 1)}
+        out: Dict[str, object] = {
+            'acts': acts, 'shortcut_scale': None if absorb else d.view(1, -1, 1, 1),
+            'stream_out': None if stream is None and not absorb else s_out.view(1, -1, 1, 1)}
         out.update({f'{name}_{kind}': t for name, wb in folded.items()
                     for kind, t in zip(('weight', 'bias'), wb)})
         return out
@@ -230,7 +247,7 @@ class MSCABlock(FusedInference, nn.Module):
         """The block for inference with the weights of :meth:`fuse` (``'`` = folded)::
 
             u = Act(proj_1' x);  A = conv0(u);  S = sum_i conv_i2(conv_i1(A)) + A
-            x = proj_2'(conv3(S) * u) + (1 + ls1 s1) x      (proj_2' has ls1 t1 in its bias)
+            x = proj_2'(conv3(S) * u) + d x        (proj_2' has ls1 t1 in its bias; d: see fold)
             x = fc2'(Act(DW3(fc1' x))) + x
 
         Each ``Act(conv)``, ``conv + y`` and ``conv * u`` is one kernel on CPU (oneDNN post-ops).
@@ -245,8 +262,9 @@ class MSCABlock(FusedInference, nn.Module):
             strip = _conv(getattr(msca, f'conv{i}_1'), a)
             s = _conv(getattr(msca, f'conv{i}_2'), strip, add=s)
         z = fused_conv_mul(a if s is None else s + a, msca.conv3.weight, msca.conv3.bias, u)
+        d = self.fused_shortcut_scale  # None: carried in the stream (absorb)
         x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias,
-                           x * self.fused_shortcut_scale)
+                           x if d is None else x * d)
         h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
         h = _conv(mlp.dwconv, h, act=mlp_act)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
@@ -351,6 +369,7 @@ class MSCAN(BaseBackbone):
     """
 
     arch_settings = arch_settings
+    onnxruntime_fused = True  # with its blocks (the carried streams span them)
     arch_aliases = _ARCH_ALIASES
     arch_optional = tuple(_MMSEG_DEFAULTS)
     arch_defaults = _MMSEG_DEFAULTS
@@ -457,8 +476,10 @@ class MSCAN(BaseBackbone):
         outs = []
         for i in range(self.num_stages):
             embed = getattr(self, f'patch_embed{i + 1}')
-            x = self._embed_fused(i, x) if fused else embed(x)
-            x = self.run_blocks(getattr(self, f'block{i + 1}'), x)
+            x = embed_fused(self, i, x) if fused else embed(x)
+            blocks = getattr(self, f'block{i + 1}')
+            x = self.run_blocks(blocks, x)
+            x = stage_output(blocks, x) if fused else x
             x = getattr(self, f'norm{i + 1}')(x)
             # Outputs in plain NCHW memory (heads and mmcv ops expect it); the fused path keeps
             # NHWC for the next stage.
@@ -468,32 +489,10 @@ class MSCAN(BaseBackbone):
         return tuple(outs)
 
     def fused_weights(self) -> Dict[str, object]:
-        """Every embedding BatchNorm folded into the conv before it. The blocks fuse themselves
-        (BN, layer scale and shortcut folds; activation, residual add and attention product in
-        the conv kernels), so the deployed forward runs in NHWC memory."""
-        out: Dict[str, object] = {}
-        for i in range(self.num_stages):
-            embed = getattr(self, f'patch_embed{i + 1}')
-            convs = ([(embed.proj[0], embed.proj[1]), (embed.proj[3], embed.proj[4])]
-                     if i == 0 else [(embed.proj, embed.norm)])
-            for j, (conv, bn) in enumerate(convs):
-                out.update(zip((f'embed{i + 1}_{j}_weight', f'embed{i + 1}_{j}_bias'),
-                               fold_output_scale(conv.weight, conv.bias, *bn_affine(bn))))
-        out['stem_act'] = activation_name(self.patch_embed1.proj[2])
-        if out['stem_act'] is None:
-            raise NotImplementedError('MSCAN.switch_to_deploy: cannot fuse the stem activation '
-                                      f'{self.patch_embed1.proj[2]}')
-        return out
+        return embed_fused_weights(self)  # the blocks fold themselves
 
-    def _embed_fused(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        embed = getattr(self, f'patch_embed{i + 1}')
-
-        def conv(j, module, x, act=None):
-            return fused_conv(x, getattr(self, f'fused_embed{i + 1}_{j}_weight'),
-                              getattr(self, f'fused_embed{i + 1}_{j}_bias'),
-                              padding=module.padding, stride=module.stride, act=act)
-
-        if i == 0:
-            x = conv(0, embed.proj[0], x, act=self.fused_stem_act)
-            return conv(1, embed.proj[3], x)
-        return conv(0, embed.proj, x)
+    @torch.no_grad()
+    def switch_to_deploy(self):
+        """As :meth:`FusedInference.switch_to_deploy`, then every stage's residual stream carried
+        in per-channel units (:func:`.mscan_deploy.carry_streams`). Returns ``self``."""
+        return carry_streams(self, super().switch_to_deploy)

@@ -179,8 +179,41 @@ def test_switch_to_deploy_matches_mmseg(onednn, randomised, run_deployed):
     # The comparison can fail: the fused weights are computed once, a later change is not seen.
     with torch.no_grad():
         fused.block4[0].layer_scale_2.mul_(3.0)
-        fused.block4[0].switch_to_deploy()
+        fused.switch_to_deploy()
         assert ((fused(x)[3] - exp[3]).norm() / exp[3].norm()).item() > 1e-3
+
+
+def _carried_shortcuts(model):
+    return [[b.fused_shortcut_scale is None for b in getattr(model, f'block{i + 1}')]
+            for i in range(model.num_stages)]
+
+
+def test_deploy_carries_each_stages_stream_through_its_blocks(randomised):
+    from mmc2f.models.fusion import bn_affine
+    model = randomised(MSCAN(arch=dict(embed_dims=[16, 32, 48, 64], depths=[2, 3, 1, 2]),
+                             norm_cfg=BN)).eval()
+    with torch.no_grad():  # block2.1's shortcut scale d = 1 + ls1 s1 is 1e-6 on one channel
+        blk = model.block2[1]
+        blk.layer_scale_1[3] = (1e-6 - 1) / bn_affine(blk.norm1)[0][3]
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        ref = model(x)
+        model.switch_to_deploy()
+        got = model(x)
+    # every block adds its shortcut in the carried units, but block2.1, whose scale would leave
+    # the limit, keeps its product (and the blocks after it carry on from its stream)
+    assert _carried_shortcuts(model) == [[True, True], [True, False, True], [True], [True, True]]
+    assert all(getattr(model, f'block{i + 1}')[-1].fused_stream_out is not None for i in range(4))
+    for o, e in zip(got, ref):
+        assert ((o - e).norm() / e.norm()).item() < 1e-5
+    with pytest.raises(RuntimeError, match='switch_to_deploy\\(\\) on the MSCAN backbone'):
+        model.block1[1].switch_to_deploy()  # alone it would break its stage's stream
+    model.train().eval()  # dropped: alone again, each block folds in plain units
+    model.block1[1].switch_to_deploy()
+    assert model.block1[1].fused_shortcut_scale is not None
+    with torch.no_grad():
+        for o, e in zip(model(x), ref):
+            assert ((o - e).norm() / e.norm()).item() < 1e-5
 
 
 def test_switch_to_deploy_keeps_training_graph(randomised, check_train_mode_unchanged):
@@ -194,3 +227,22 @@ def test_switch_to_deploy_needs_batchnorm():
                   norm_cfg=dict(type='GN', num_groups=4))
     with pytest.raises(TypeError, match='BatchNorm'):
         model.switch_to_deploy()
+
+
+def test_deployed_graph_scales_each_stage_once(randomised):
+    onnx = pytest.importorskip('onnx')
+    from mmc2f.engine.export import export_onnx
+    from mmc2f.models.fusion import onnxruntime_forward
+    model = randomised(MSCAN(arch=dict(embed_dims=[16, 32, 48, 64], depths=[2, 3, 1, 2]),
+                             norm_cfg=BN)).eval()
+    model.switch_to_deploy()
+    with onnxruntime_forward(model):
+        graph = onnx.load_from_string(export_onnx(model, torch.randn(1, 3, 64, 64), None,
+                                                  [f'out{i}' for i in range(4)])).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    dims.update({n.output[0]: list(n.attribute[0].t.dims) for n in graph.node
+                 if n.op_type == 'Constant'})
+    vectors = {name for name, d in dims.items() if len(d) == 4 and d[0] == d[2] == d[3] == 1}
+    scaled = [n.name for n in graph.node if n.op_type == 'Mul' and vectors & set(n.input)]
+    # one product by the carried scale per stage (a product by d per block, 8, without carrying)
+    assert len(scaled) == 4, scaled
