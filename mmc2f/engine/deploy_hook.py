@@ -8,7 +8,7 @@ from mmengine.hooks import Hook
 from mmc2f.errors import ConfigError
 from mmc2f.registry import HOOKS
 
-__all__ = ['SwitchToDeployHook', 'switch_to_deploy', 'DEPLOY_BACKENDS']
+__all__ = ['SwitchToDeployHook', 'switch_to_deploy', 'fuse_outermost', 'DEPLOY_BACKENDS']
 
 #: ``auto``: ONNX Runtime for mmseg segmentors on CPU when it is installed (the fastest CPU path,
 #: README's Performance), else the PyTorch fused kernels; ``pytorch``; ``onnxruntime``.
@@ -20,7 +20,10 @@ def _model_device(model: nn.Module) -> str:
     return 'cpu' if tensor is None else tensor.device.type
 
 
-def _fuse(model: nn.Module) -> List[str]:
+def fuse_outermost(model: nn.Module) -> List[str]:
+    """``switch_to_deploy()`` on every outermost module of ``model`` that has one (a backbone
+    folds across its blocks, e.g. MSCAN's carried streams; its blocks must not fold alone after
+    it); returns their names."""
     switched = []
     for name, module in model.named_modules():
         if any(s == '' or name.startswith(f'{s}.') for s in switched):
@@ -50,7 +53,7 @@ def switch_to_deploy(model: nn.Module, backend: str = 'pytorch',
                           f'{", ".join(DEPLOY_BACKENDS)}')
     from .ort import (ONNXRUNTIME_FASTER, is_segmentor, onnxruntime_available, restore_pytorch,
                       run_on_onnxruntime)
-    switched = _fuse(model)
+    switched = fuse_outermost(model)
     applies = (is_segmentor(model) or type(model).__name__ in ONNXRUNTIME_FASTER) and \
         _model_device(model) == 'cpu'
     if backend == 'onnxruntime' and not applies:

@@ -170,3 +170,15 @@ def test_benchmark_seg_infer_predict_is_the_argmax_of_the_logits(benchmark):
         with pytest.raises(ValueError, match='--seg-infer'):
             benchmark.Runner(name, benchmark.parse_args(['segnext-t', '--seg-infer', 'predict']
                                                         + _TINY))
+
+
+def test_benchmark_onnx_deploy_exports_the_folded_network(benchmark):
+    pytest.importorskip('onnxruntime')
+    folded = benchmark.Runner('mscan-t@onnxruntime',
+                              benchmark.parse_args(['mscan-t', '--onnx-deploy'] + _TINY))
+    plain = benchmark.Runner('mscan-t', benchmark.parse_args(['mscan-t'] + _TINY))
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for got, want in zip(folded.outputs(x), plain.outputs(x)):
+            assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5
+    assert folded.model.block1[0].deployed  # MSCAN folded across its blocks, then exported

@@ -216,3 +216,16 @@ def test_driver_reports_unknown_sections_and_failures(gc, tmp_path):
     with open(tmp_path / 'gpu_check_summary.json') as f:
         assert json.load(f)['counts'] == dict(PASS=1, FAIL=1, SKIP=0)
     assert gc.summarize(items[:1], args, 1.0) == 0
+
+
+def test_deploy_folds_the_outermost_modules(gc):
+    from mmc2f.models.backbones.mscan import MSCAN
+    torch.manual_seed(0)
+    model = MSCAN(arch=dict(embed_dims=[16, 32, 48, 64], depths=[2, 1, 1, 1]),
+                  norm_cfg=dict(type='BN')).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ref = model(x)
+        assert gc.deploy(model) == 1 and model.block1[1].deployed  # MSCAN, which folds its blocks
+        for got, want in zip(model(x), ref):
+            assert ((got - want).abs().max() / want.abs().max()).item() < 1e-5

@@ -50,6 +50,7 @@ huge_pages_environ()  # before torch allocates (see mmc2f/engine/process.py)
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from mmc2f.engine.deploy_hook import fuse_outermost  # noqa: E402
 from mmc2f.engine.process import setup_process  # noqa: E402
 
 SIZES = {'n': 'nano', 't': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
@@ -263,8 +264,7 @@ class Runner:
             self.deploy = switch_to_deploy(target, backend=args.deploy_backend,
                                            stop_spinning=not args.ort_spinning)
         elif args.fuse:  # foreign models: whatever offers an inference-only fusion
-            for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
-                module.switch_to_deploy()
+            fuse_outermost(model)
         device = torch.device(args.device)
         model = model.to(device)
         if args.channels_last:
@@ -297,8 +297,7 @@ class Runner:
                              '--seg-infer predict measures PyTorch-side models only')
         model.eval()
         if args.onnx_deploy:
-            for module in [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]:
-                module.switch_to_deploy()
+            fuse_outermost(model)
         self.model = model
         self.params = sum(p.numel() for p in model.parameters())
         self.x = torch.randn(args.batch_size, 3, *args.input_size)

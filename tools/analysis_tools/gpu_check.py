@@ -373,11 +373,10 @@ def make_input(shape, seed=1):
 
 
 def deploy(model):
-    """``switch_to_deploy()`` on every module that offers it (as benchmark.py's --fuse)."""
-    mods = [m for m in model.modules() if hasattr(m, 'switch_to_deploy')]
-    for m in mods:
-        m.switch_to_deploy()
-    return len(mods)
+    """``switch_to_deploy()`` on every outermost module that offers it (as benchmark.py's
+    --fuse); returns how many."""
+    from mmc2f.engine.deploy_hook import fuse_outermost
+    return len(fuse_outermost(model))
 
 
 def setup_torch(device):
