@@ -92,14 +92,10 @@ def build_export_module(config, checkpoint: Optional[str], deploy: bool = False,
         elif nmf.rand_init:
             notes.append(f'{name}: NMF bases from the config\'s eval_seed={nmf.eval_seed}')
     if deploy:
-        switched = [n for n, m in model.named_modules()
-                    if hasattr(m, 'switch_to_deploy') and callable(m.switch_to_deploy)]
-        if not switched:
-            notes.append('--deploy: no module has switch_to_deploy(); exported as is')
-        for name in switched:
-            model.get_submodule(name).switch_to_deploy()
-        if switched:
-            notes.append(f'--deploy: switch_to_deploy() on {", ".join(switched)}')
+        from mmc2f.engine.deploy_hook import fuse_outermost
+        switched = fuse_outermost(model)  # a backbone folds its blocks itself (MSCAN's streams)
+        notes.append(f'--deploy: switch_to_deploy() on {", ".join(switched)}' if switched else
+                     '--deploy: no module has switch_to_deploy(); exported as is')
     if backbone:
         if not isinstance(getattr(model, 'backbone', None), nn.Module):
             raise ExportError(f'{type(model).__name__} has no backbone')
