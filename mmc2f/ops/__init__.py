@@ -12,7 +12,7 @@
 * :mod:`.seg_loss`: cross-entropy of upsampled logits that keeps only the small ones.
 """
 from .depthwise import depthwise_conv, depthwise_weight_grad, pointwise_conv
-from .fused import (ACTIVATIONS, activation_name, channel_norm, dwconv_gelu_residual, fused_conv,
+from .fused import (ACTIVATIONS, activation_name, channel_norm, dwconv_gelu, fused_conv,
                     fused_conv_add, fused_conv_binary, fused_conv_mul, onednn_available)
 from .mode import eager
 from .recompute import (dwconv_mlp_residual, gated_dwconv_residual, layer_norm_linear,
@@ -23,7 +23,7 @@ from .seg_loss import resized_cross_entropy
 __all__ = [
     'eager', 'depthwise_conv', 'depthwise_weight_grad', 'pointwise_conv', 'ACTIVATIONS',
     'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add', 'fused_conv_binary',
-    'fused_conv_mul', 'dwconv_gelu_residual', 'onednn_available', 'resize_bilinear'
+    'fused_conv_mul', 'dwconv_gelu', 'onednn_available', 'resize_bilinear'
 ]
 __all__ += ['recompute_enabled', 'layer_norm_linear', 'gated_dwconv_residual',
             'dwconv_mlp_residual', 'resized_cross_entropy']

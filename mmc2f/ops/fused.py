@@ -4,7 +4,7 @@ On CPU in fp32 without autograd each call is one oneDNN kernel with a post-op
 (``torch.ops.mkldnn._convolution_pointwise``, what TorchInductor's CPU backend emits), its weight
 packed once into oneDNN's blocked layout for the input's shape (cached per weight tensor and
 version, so updated weights are packed again), except 'same' depthwise convolutions times a tensor
-(Conv2Former's ``A * V``) and ``x + GELU(DW3x3(x))``, which :mod:`.native`'s kernels compute where
+(Conv2Former's ``A * V``) and ``(x +) GELU(DW3x3(x))``, which :mod:`.native`'s kernels compute where
 they can be built; everywhere else -- CUDA, half precision, autograd, tracing, ONNX export,
 ``torch.compile``, a build without oneDNN -- the same result comes from the unfused ATen ops.
 """
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from .mode import eager
 from .native import channel_norm as native_channel_norm
 from .native import depthwise_conv_mul as native_dw_mul
-from .native import depthwise_gelu_residual as native_dw_gelu_residual
+from .native import depthwise_gelu as native_dw_gelu
 
 __all__ = ['ACTIVATIONS', 'activation_name', 'channel_norm', 'fused_conv', 'fused_conv_add',
-           'fused_conv_mul', 'fused_conv_binary', 'dwconv_gelu_residual', 'onednn_available']
+           'fused_conv_mul', 'fused_conv_binary', 'dwconv_gelu', 'onednn_available']
 
 
 def _mkldnn_pointwise():
@@ -143,17 +143,19 @@ def fused_conv_mul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.T
     return fused_conv_binary(x, weight, bias, other, 'mul', padding, groups)
 
 
-def dwconv_gelu_residual(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                         padding=1) -> torch.Tensor:
-    """``x + GELU(conv2d(x, weight, bias, padding=padding, groups=C))`` for a depthwise
-    ``weight`` ``(C, 1, k, k)``: one pass in :mod:`.native`'s kernel for 3x3 'same' convolutions
-    of channels-last tensors, otherwise the convolution with its GELU, then the add."""
+def dwconv_gelu(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                padding=1, residual: bool = False) -> torch.Tensor:
+    """``GELU(conv2d(x, weight, bias, padding=padding, groups=C))`` for a depthwise ``weight``
+    ``(C, 1, k, k)``, plus ``x`` with ``residual``: one pass in :mod:`.native`'s kernel for 3x3
+    'same' convolutions of channels-last tensors, otherwise the convolution with its GELU (then
+    the add)."""
     khwc = _native_depthwise_weight(x, weight, padding, x.shape[1])
     if khwc is not None:
-        out = native_dw_gelu_residual(x, khwc, bias)
+        out = native_dw_gelu(x, khwc, bias, residual)
         if out is not None:
             return out
-    return fused_conv(x, weight, bias, padding=padding, groups=x.shape[1], act='gelu').add_(x)
+    out = fused_conv(x, weight, bias, padding=padding, groups=x.shape[1], act='gelu')
+    return out.add_(x) if residual else out
 
 
 def _native_depthwise_weight(x: torch.Tensor, weight: torch.Tensor, padding,

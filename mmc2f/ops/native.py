@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ['library', 'depthwise_conv_mul', 'depthwise_gelu_residual', 'channel_norm',
+__all__ = ['library', 'depthwise_conv_mul', 'depthwise_gelu', 'channel_norm',
            'ENV_SWITCH', 'ENV_CACHE']
 
 ENV_SWITCH = 'MMC2F_NATIVE_KERNELS'
@@ -33,9 +33,9 @@ ENV_CACHE = 'MMC2F_KERNEL_CACHE'
 SOURCE = Path(__file__).with_name('csrc') / 'nhwc_kernels.cpp'
 #: narrower maps run faster in oneDNN (a tile of outputs is 7 or 8 wide)
 MIN_WIDTH = 7
-#: the 3x3 + GELU + residual kernel: in Conv2Former-T (batch 8) oneDNN's convolution with GELU
+#: the 3x3 + GELU (+ residual) kernel: in Conv2Former-T (batch 8) oneDNN's convolution with GELU
 #: and an add stay faster on 14- and 7-wide maps (measured in the model, not alone)
-GELU_RESIDUAL_MIN_WIDTH = 28
+GELU_MIN_WIDTH = 28
 
 _lock = threading.Lock()
 _state: dict = {}
@@ -111,8 +111,8 @@ def _load() -> Optional[ctypes.CDLL]:
     ptr, i32 = ctypes.c_void_p, ctypes.c_int
     lib.mmc2f_dw_mul.argtypes = [ptr] * 5 + [i32] * 6
     lib.mmc2f_dw_mul.restype = i32
-    lib.mmc2f_dw_gelu_add.argtypes = [ptr] * 4 + [i32] * 6
-    lib.mmc2f_dw_gelu_add.restype = i32
+    lib.mmc2f_dw_gelu.argtypes = [ptr] * 4 + [i32] * 7
+    lib.mmc2f_dw_gelu.restype = i32
     lib.mmc2f_channel_norm.argtypes = [ptr, ptr, ctypes.c_long, i32, ctypes.c_float, i32]
     lib.mmc2f_channel_norm.restype = i32
     return lib
@@ -145,7 +145,7 @@ def _depthwise_applies(x: torch.Tensor, weight_khwc: torch.Tensor,
 
 
 def _run_depthwise(fn, x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
-                   *others: torch.Tensor) -> Optional[torch.Tensor]:
+                   *others: torch.Tensor, flags: tuple = ()) -> Optional[torch.Tensor]:
     lib = library()
     if lib is None:
         return None
@@ -154,7 +154,7 @@ def _run_depthwise(fn, x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optiona
     out = torch.empty_like(x, memory_format=torch.channels_last)
     rc = getattr(lib, fn)(x.data_ptr(), weight_khwc.data_ptr(), bias.data_ptr(),
                           *(o.data_ptr() for o in others), out.data_ptr(), n, h, w, c,
-                          weight_khwc.shape[0], torch.get_num_threads())
+                          weight_khwc.shape[0], *flags, torch.get_num_threads())
     return out if rc == 0 else None
 
 
@@ -169,16 +169,16 @@ def depthwise_conv_mul(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optiona
     return _run_depthwise('mmc2f_dw_mul', x, weight_khwc, bias, other)
 
 
-def depthwise_gelu_residual(x: torch.Tensor, weight_khwc: torch.Tensor,
-                            bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """``x + GELU(conv2d(x, W, bias, padding=1, groups=C))`` (exact-erf GELU, to 2e-7 ``|x|``) for
-    a channels-last float32 CPU tensor ``(N, C, H, W)`` and a 3x3 ``W`` given as
-    ``weight_khwc`` ``(3, 3, C)``; ``None`` unless ``C % 8 == 0`` and
-    ``W >= GELU_RESIDUAL_MIN_WIDTH``."""
-    if not (_depthwise_applies(x, weight_khwc, bias, min_width=GELU_RESIDUAL_MIN_WIDTH)
+def depthwise_gelu(x: torch.Tensor, weight_khwc: torch.Tensor, bias: Optional[torch.Tensor],
+                   residual: bool = False) -> Optional[torch.Tensor]:
+    """``GELU(conv2d(x, W, bias, padding=1, groups=C))`` (exact-erf GELU, to 2e-7 ``|x|``), plus
+    ``x`` with ``residual``, for a channels-last float32 CPU tensor ``(N, C, H, W)`` and a 3x3 ``W``
+    given as ``weight_khwc`` ``(3, 3, C)``; ``None`` unless ``C % 8 == 0`` and
+    ``W >= GELU_MIN_WIDTH``."""
+    if not (_depthwise_applies(x, weight_khwc, bias, min_width=GELU_MIN_WIDTH)
             and weight_khwc.shape[0] == 3):
         return None
-    return _run_depthwise('mmc2f_dw_gelu_add', x, weight_khwc, bias)
+    return _run_depthwise('mmc2f_dw_gelu', x, weight_khwc, bias, flags=(int(residual), ))
 
 
 def channel_norm(x: torch.Tensor, eps: float) -> Optional[torch.Tensor]:

@@ -76,49 +76,53 @@ def test_uncovered_cases_are_left_to_the_caller(case):
     assert native.depthwise_conv_mul(x, _khwc(weight), bias, v) is None
 
 
+@pytest.mark.parametrize('residual', [True, False])
 @pytest.mark.parametrize('n,c,h,w,threads', [
     (2, 32, 11, 16, 2),   # 16 channels a vector, tiles of 8
     (1, 24, 5, 14, 1),    # 8 channels a vector, tiles of 7
     (3, 48, 2, 9, 2),     # fewer rows than the kernel, a partial tile
     (1, 16, 30, 10, 2),   # bands of rows
 ])
-def test_depthwise_gelu_residual_equals_aten(n, c, h, w, threads, monkeypatch):
+def test_depthwise_gelu_equals_aten(n, c, h, w, threads, residual, monkeypatch):
     assert native.library() is not None
-    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', 7)  # the kernel on every tile shape
+    monkeypatch.setattr(native, 'GELU_MIN_WIDTH', 7)  # the kernel on every tile shape
     g = torch.Generator().manual_seed(c)
     x = (torch.randn(n, c, h, w, generator=g) * 3).contiguous(memory_format=torch.channels_last)
     weight, bias = torch.randn(c, 1, 3, 3, generator=g) / 2, torch.randn(c, generator=g)
-    exact = x.double() + F.gelu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1,
-                                         groups=c))
+    exact = F.gelu(F.conv2d(x.double(), weight.double(), bias.double(), padding=1, groups=c))
+    exact = exact + x.double() if residual else exact
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(threads)
-        got = native.depthwise_gelu_residual(x, _khwc(weight), bias)
+        got = native.depthwise_gelu(x, _khwc(weight), bias, residual)
     finally:
         torch.set_num_threads(before)
     assert got is not None and got.is_contiguous(memory_format=torch.channels_last)
     # float32 rounding of the convolution, and the GELU's 2e-7 |x|
     torch.testing.assert_close(got.double(), exact, rtol=1e-6, atol=1e-5)
     with torch.no_grad():
-        torch.testing.assert_close(fused.dwconv_gelu_residual(x, weight, bias), got, rtol=0,
-                                   atol=0)
-    assert native.depthwise_gelu_residual(x, _khwc(weight.expand(c, 1, 3, 3)[:, :, :2, :2]),
-                                          bias) is None  # 2x2: no kernel
-    assert native.depthwise_gelu_residual(x.contiguous(), _khwc(weight), bias) is None  # NCHW
-    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', w + 1)  # narrower: oneDNN's
-    assert native.depthwise_gelu_residual(x, _khwc(weight), bias) is None
+        torch.testing.assert_close(fused.dwconv_gelu(x, weight, bias, residual=residual), got,
+                                   rtol=0, atol=0)
+    assert native.depthwise_gelu(x, _khwc(weight.expand(c, 1, 3, 3)[:, :, :2, :2]),
+                                 bias) is None  # 2x2: no kernel
+    assert native.depthwise_gelu(x.contiguous(), _khwc(weight), bias) is None  # NCHW
+    monkeypatch.setattr(native, 'GELU_MIN_WIDTH', w + 1)  # narrower: oneDNN's
+    assert native.depthwise_gelu(x, _khwc(weight), bias) is None
+    with torch.no_grad():  # oneDNN's, the same to float rounding
+        torch.testing.assert_close(fused.dwconv_gelu(x, weight, bias, residual=residual), got,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_gelu_is_exact_to_float_precision(monkeypatch):
     """The kernel's GELU against float64's over the range where it matters (the identity above
     |x| ~ 6, zero below -6): a centre tap of 1 makes the output x + GELU(x); within 2e-7 |x| for
     the GELU plus the rounding of that sum."""
-    monkeypatch.setattr(native, 'GELU_RESIDUAL_MIN_WIDTH', 8)
+    monkeypatch.setattr(native, 'GELU_MIN_WIDTH', 8)
     x = torch.linspace(-12, 12, 8 * 3001).view(1, 8, 3001, 1).repeat(1, 1, 1, 8)
     x = x.contiguous(memory_format=torch.channels_last)
     tap = torch.zeros(8, 1, 3, 3)
     tap[:, :, 1, 1] = 1
-    got = native.depthwise_gelu_residual(x, _khwc(tap), torch.zeros(8)).double()
+    got = native.depthwise_gelu(x, _khwc(tap), torch.zeros(8), residual=True).double()
     exact = x.double() + F.gelu(x.double())
     err = (got - exact).abs() / x.double().abs().clamp_min(1e-3)
     assert err.max().item() < 2e-7 + 2 ** -23, err.max().item()

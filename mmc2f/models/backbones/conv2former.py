@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_gelu_residual, dwconv_mlp_residual,
+from mmc2f.ops import (channel_norm, depthwise_conv, dwconv_gelu, dwconv_mlp_residual,
                        eager, fused_conv, fused_conv_add, fused_conv_mul, gated_dwconv_residual,
                        layer_norm_linear, pointwise_conv, recompute_enabled)
 from mmc2f.registry import MODELS
@@ -254,7 +254,7 @@ class Block(FusedInference, nn.Module):
         x = fused_conv_add(a, self.fused_proj_weight, self.fused_proj_bias, x)
         n = channel_norm(x, mlp.norm.eps)
         h = fused_conv(n, self.fused_fc1_weight, self.fused_fc1_bias, act='gelu')
-        h = dwconv_gelu_residual(h, pos.weight, pos.bias, padding=pos.padding)
+        h = dwconv_gelu(h, pos.weight, pos.bias, padding=pos.padding, residual=True)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
 
 

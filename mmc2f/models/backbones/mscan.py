@@ -31,7 +31,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmengine.model.weight_init import constant_init, normal_init, trunc_normal_init
 
 from mmc2f.checkpoint.keymap import apply_key_map
-from mmc2f.ops import activation_name, fused_conv, fused_conv_add, fused_conv_mul
+from mmc2f.ops import activation_name, dwconv_gelu, fused_conv, fused_conv_add, fused_conv_mul
 from mmc2f.ops.lean_train import lean
 from mmc2f.registry import MODELS
 from ..fusion import FusedInference, bn_affine, fold_channel_affine, fold_output_scale
@@ -266,7 +266,8 @@ class MSCABlock(FusedInference, nn.Module):
         x = fused_conv_add(z, self.fused_proj_2_weight, self.fused_proj_2_bias,
                            x if d is None else x * d)
         h = fused_conv(x, self.fused_fc1_weight, self.fused_fc1_bias)
-        h = _conv(mlp.dwconv, h, act=mlp_act)
+        h = dwconv_gelu(h, mlp.dwconv.weight, mlp.dwconv.bias) if mlp_act == 'gelu' else \
+            _conv(mlp.dwconv, h, act=mlp_act)
         return fused_conv_add(h, self.fused_fc2_weight, self.fused_fc2_bias, x)
 
 

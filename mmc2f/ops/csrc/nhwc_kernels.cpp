@@ -6,8 +6,9 @@
 //   channels, band of rows). Each task copies its input rows, zero-padded, into a ring buffer of
 //   K rows, and computes T outputs of a row at a time: T accumulators and the K weights of one
 //   kernel row stay in registers while the T + K - 1 inputs stream by.
-// mmc2f_dw_gelu_add: the same loop for a 3x3 kernel, out = x + GELU(dw(x) + b) (the exact-erf
-//   GELU to 2e-7 |x|; Conv2Former's MLP: h + GELU(pos(h))).
+// mmc2f_dw_gelu: the same loop for a 3x3 kernel, out = GELU(dw(x) + b) (MSCAN's MLP) or, with
+//   residual, x + GELU(dw(x) + b) (Conv2Former's MLP: h + GELU(pos(h))); the exact-erf GELU to
+//   2e-7 |x|.
 // mmc2f_channel_norm: out = (x - mean) / sqrt(var + eps) over the C channels of each pixel
 //   (LayerNorm without affine), x and out (rows, C) contiguous.
 #include <algorithm>
@@ -82,13 +83,15 @@ struct MulBy {  // out = acc * v
   }
 };
 
-struct GeluAddInput {  // out = x + GELU(acc)
+template <bool Residual>
+struct Gelu {  // out = GELU(acc), plus x with Residual
   float* out;
   template <int VW, int T>
   void apply(typename Vec<VW>::type* acc, const float* center, size_t o, int C, int tn) const {
     // all T at once: independent GELUs interleave instead of waiting on one chain
 #pragma GCC unroll 16
-    for (int t = 0; t < T; ++t) acc[t] = load<VW>(center + t * VW) + gelu<VW>(acc[t]);
+    for (int t = 0; t < T; ++t)
+      acc[t] = Residual ? load<VW>(center + t * VW) + gelu<VW>(acc[t]) : gelu<VW>(acc[t]);
     for (int t = 0; t < tn; ++t, o += C) store<VW>(out + o, acc[t]);
   }
 };
@@ -183,10 +186,21 @@ int dispatch_mul(const float* x, const float* wt, const float* bias, const float
   }
 }
 
+template <bool Residual>
+int dispatch_gelu(const float* x, const float* wt, const float* bias, float* out, int N, int H,
+                  int W, int C, int threads) {
+  const Gelu<Residual> epi{out};
+  if (C % 16 == 0)
+    run<16, 3>(x, wt, bias, N, H, W, C, threads, epi);
+  else
+    run<8, 3>(x, wt, bias, N, H, W, C, threads, epi);
+  return 0;
+}
+
 }  // namespace
 
 // All return 0 when done, 1 when there is no kernel for the arguments (C % 8 != 0, K not in
-// 5, 7, 9, 11 for dw_mul or not 3 for dw_gelu_add): the caller falls back.
+// 5, 7, 9, 11 for dw_mul or not 3 for dw_gelu): the caller falls back.
 extern "C" int mmc2f_dw_mul(const float* x, const float* wt, const float* bias, const float* v,
                             float* out, int N, int H, int W, int C, int K, int threads) {
   if (C % 16 == 0) return dispatch_mul<16>(x, wt, bias, v, out, N, H, W, C, K, threads);
@@ -194,15 +208,11 @@ extern "C" int mmc2f_dw_mul(const float* x, const float* wt, const float* bias, 
   return 1;
 }
 
-extern "C" int mmc2f_dw_gelu_add(const float* x, const float* wt, const float* bias, float* out,
-                                 int N, int H, int W, int C, int K, int threads) {
-  const GeluAddInput epi{out};
+extern "C" int mmc2f_dw_gelu(const float* x, const float* wt, const float* bias, float* out,
+                             int N, int H, int W, int C, int K, int residual, int threads) {
   if (K != 3 || C % 8) return 1;
-  if (C % 16 == 0)
-    run<16, 3>(x, wt, bias, N, H, W, C, threads, epi);
-  else
-    run<8, 3>(x, wt, bias, N, H, W, C, threads, epi);
-  return 0;
+  return residual ? dispatch_gelu<true>(x, wt, bias, out, N, H, W, C, threads)
+                  : dispatch_gelu<false>(x, wt, bias, out, N, H, W, C, threads);
 }
 
 extern "C" int mmc2f_channel_norm(const float* x, float* out, long rows, int C, float eps,

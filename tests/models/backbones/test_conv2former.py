@@ -436,7 +436,7 @@ def test_switch_to_deploy_matches_eval_outputs(onednn, randomised, run_deployed)
 def test_fused_cpu_inference_runs_native_kernels(monkeypatch, randomised):
     """``A * V`` (the large-kernel depthwise convolution times ``V``), the MLP's
     ``h + GELU(DW3x3(h))`` and the LayerNorms of the deployed model run in :mod:`mmc2f.ops.native`
-    wherever its kernels apply (maps at least ``MIN_WIDTH``, ``GELU_RESIDUAL_MIN_WIDTH`` wide), and
+    wherever its kernels apply (maps at least ``MIN_WIDTH``, ``GELU_MIN_WIDTH`` wide), and
     the outputs equal the eval model's."""
     from mmc2f.ops import fused as fused_ops
     from mmc2f.ops import native
@@ -457,7 +457,7 @@ def test_fused_cpu_inference_runs_native_kernels(monkeypatch, randomised):
         monkeypatch.setattr(fused_ops, name, wrapped)
 
     spy('native_dw_mul', fused_ops.native_dw_mul)
-    spy('native_dw_gelu_residual', fused_ops.native_dw_gelu_residual)
+    spy('native_dw_gelu', fused_ops.native_dw_gelu)
     spy('native_channel_norm', fused_ops.native_channel_norm)
     model.switch_to_deploy()
     with torch.no_grad():
@@ -467,7 +467,7 @@ def test_fused_cpu_inference_runs_native_kernels(monkeypatch, randomised):
     dw = [(w, ran) for name, w, ran in calls if name == 'native_dw_mul']
     # one call per block (a batch of two is one chunk); the 4-wide stage 4 is left to oneDNN
     assert dw == [(32, True), (16, True), (8, True), (4, False)], dw
-    pos = [(w, ran) for name, w, ran in calls if name == 'native_dw_gelu_residual']
+    pos = [(w, ran) for name, w, ran in calls if name == 'native_dw_gelu']
     # the MLP's 3x3 depthwise convolution, its GELU and residual: on maps >= 28 wide
     assert pos == [(32, True), (16, False), (8, False), (4, False)], pos
     norms = [ran for name, _, ran in calls if name == 'native_channel_norm']

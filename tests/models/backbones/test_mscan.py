@@ -246,3 +246,29 @@ def test_deployed_graph_scales_each_stage_once(randomised):
     scaled = [n.name for n in graph.node if n.op_type == 'Mul' and vectors & set(n.input)]
     # one product by the carried scale per stage (a product by d per block, 8, without carrying)
     assert len(scaled) == 4, scaled
+
+
+def test_fused_cpu_inference_runs_the_mlps_3x3_and_gelu_natively(monkeypatch, randomised):
+    from mmc2f.ops import fused as fused_ops
+    from mmc2f.ops import native
+    assert native.library() is not None, 'a C++ compiler is installed here: the kernels must build'
+    model = randomised(MSCAN(arch=dict(embed_dims=[16, 32, 48, 64], depths=[1, 1, 1, 1]),
+                             norm_cfg=BN)).eval()
+    x = torch.randn(1, 3, 256, 256)  # stage maps 64, 32, 16, 8 wide
+    with torch.no_grad():
+        ref = model(x)
+    calls, kernel = [], fused_ops.native_dw_gelu
+
+    def spy(h, *args):
+        out = kernel(h, *args)
+        calls.append((h.shape[-1], args[-1], out is not None))
+        return out
+
+    monkeypatch.setattr(fused_ops, 'native_dw_gelu', spy)
+    model.switch_to_deploy()
+    with torch.no_grad():
+        out = model(x)
+    # GELU(DW3x3(h)), no residual, in one pass on maps >= 28 wide; oneDNN's on the others
+    assert calls == [(64, False, True), (32, False, True), (16, False, False), (8, False, False)]
+    for o, e in zip(out, ref):
+        assert ((o - e).norm() / e.norm()).item() < 1e-5
