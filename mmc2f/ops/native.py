@@ -1,8 +1,9 @@
 """Native CPU kernels for NHWC (channels-last) float32 tensors in inference
 (``csrc/nhwc_kernels.cpp``): a 'same' depthwise convolution times a tensor (Conv2Former's
-``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels), a 3x3 one with GELU and the residual
-``x + GELU(DW(x))`` (its MLP; up to 1.67x oneDNN's convolution with GELU and an add) and LayerNorm
-over channels without affine (1.8-2.9x ATen's ``layer_norm``). See docs/deployment.md.
+``A * V``: 1.5-2.3x oneDNN's speed for its 11x11 kernels), a 3x3 one with GELU, ``GELU(DW(x))``
+(MSCAN's MLP) or with the residual ``x + GELU(DW(x))`` (Conv2Former's; up to 1.67x oneDNN's
+convolution with GELU and an add) and LayerNorm over channels without affine (1.8-2.9x ATen's
+``layer_norm``). See docs/deployment.md.
 
 Compiled at first use with the system's C++ compiler (``$CXX``, ``c++``, ``g++`` or ``clang++``;
 ``-O3 -march=native -fopenmp``, about a second) into ``$MMC2F_KERNEL_CACHE`` (default
